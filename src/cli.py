@@ -1,0 +1,99 @@
+"""Shared command-line flags for the five training scripts.
+
+Every flag is registered under its dash spelling (``--base-lr``) and its underscore spelling
+(``--base_lr``) because the seed documents use both. Scripts compose the groups they need into one
+parser; ``args`` then stop at the ``build_*`` functions.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+
+class DataError(Exception):
+    """The input as a whole is wrong (missing file, bad column, empty split).
+
+    Scripts print the message as one line and exit with code 2, like argparse does for bad flags.
+    """
+
+
+def add_flag(parser: argparse._ActionsContainer, name: str, **kwargs: Any) -> argparse.Action:
+    """Add ``--some-flag`` together with its ``--some_flag`` alias."""
+    names = [name]
+    alias = "--" + name[2:].replace("-", "_")
+    if alias != name:
+        names.append(alias)
+    return parser.add_argument(*names, **kwargs)
+
+
+def _str2bool_flag(parser, name: str, default: bool | None, help: str) -> None:
+    """``--flag`` / ``--no-flag`` pair (both spellings)."""
+    dest = name[2:].replace("-", "_")
+    add_flag(parser, name, dest=dest, action="store_true", default=default, help=help)
+    add_flag(parser, "--no-" + name[2:], dest=dest, action="store_false", help=argparse.SUPPRESS)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that the shared loop (``src.training.fit``) understands."""
+    g = parser.add_argument_group("training")
+    add_flag(g, "--epochs", type=int, default=30, help="number of epochs")
+    add_flag(g, "--batch-size", type=int, default=32, help="samples per step (per process under torchrun)")
+    add_flag(g, "--base-lr", type=float, default=5e-5, help="learning rate of pretrained backbone weights")
+    add_flag(g, "--head-lr", type=float, default=5e-4,
+             help="learning rate of new parts (attention blocks, heads, fusion)")
+    add_flag(g, "--weight-decay", type=float, default=1e-2, help="AdamW weight decay (never on norms/biases)")
+    add_flag(g, "--scheduler", choices=["cosine", "onecycle", "none"], default="cosine")
+    add_flag(g, "--scheduler-tmax", type=int, default=None,
+             help="cosine period in epochs (default: --epochs)")
+    add_flag(g, "--warmup-epochs", type=float, default=0.0, help="linear warm-up length in epochs")
+    add_flag(g, "--patience", type=int, default=10, help="early-stopping patience in epochs; <= 0 disables")
+    add_flag(g, "--grad-accum", type=int, default=1, help="accumulate gradients over N steps")
+    add_flag(g, "--clip-grad", type=float, default=None, help="clip gradient norm to this value")
+    add_flag(g, "--max-bad-steps", type=int, default=10,
+             help="stop after this many non-finite losses in a row")
+    _str2bool_flag(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")
+    add_flag(g, "--amp-dtype", choices=["fp16", "bf16"], default="fp16")
+    add_flag(g, "--compile", action="store_true", help="torch.compile the model")
+    add_flag(g, "--channels-last", action="store_true", help="NHWC memory format")
+    add_flag(g, "--seed", type=int, default=42)
+    add_flag(g, "--deterministic", action="store_true",
+             help="deterministic algorithms (slower; cuDNN benchmark off)")
+    add_flag(g, "--resume", default=None, metavar="PATH",
+             help="continue a run: its last.pt or its run directory")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Loader flags common to every data format."""
+    g = parser.add_argument_group("data loading")
+    add_flag(g, "--num-workers", type=int, default=4, help="DataLoader worker processes")
+    add_flag(g, "--pin-memory", action="store_true", help="pin host memory (CUDA)")
+    add_flag(g, "--train-limit", type=int, default=None,
+             help="use the first N training samples after a seeded (stratified) shuffle")
+    add_flag(g, "--valid-limit", type=int, default=None, help="same for validation")
+    add_flag(g, "--demo", action="store_true",
+             help="generate a small synthetic dataset in the real format (once) and train on it")
+
+
+def add_output_args(parser: argparse.ArgumentParser, model_name: str) -> None:
+    g = parser.add_argument_group("output")
+    add_flag(g, "--model-name", default=None,
+             help=f"run name prefix (default: the model, e.g. {model_name})")
+    add_flag(g, "--results-dir", default="results", help="folder that holds run directories")
+    add_flag(g, "--plot", action="store_true",
+             help="also show the training plot when a display exists (the PNG is always written)")
+    add_flag(g, "--save-history", action="store_true",
+             help="accepted for the seed recipes: history.json and metrics.json are always written")
+    add_flag(g, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                             demo_defaults: dict[str, Any]) -> argparse.Namespace:
+    """Parse ``argv``; under ``--demo`` the demo's defaults replace the normal ones.
+
+    Flags the user typed still win, because argparse only uses defaults for flags that are absent.
+    """
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**demo_defaults)
+        args = parser.parse_args(argv)
+    return args
