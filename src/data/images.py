@@ -1,0 +1,59 @@
+"""Robust image reading shared by every data format.
+
+Applies the EXIF orientation and converts whatever PIL opens (grayscale, RGBA, palette, CMYK,
+16-bit and float images) to 8-bit RGB. Failures raise :class:`BadImage` with a short reason so
+datasets can skip and count the sample instead of crashing a DataLoader worker.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+
+class BadImage(Exception):
+    """A single image could not be used; ``reason`` is a short category for ``data_warnings``."""
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{path}: {reason}{': ' + detail if detail else ''}")
+        self.path, self.reason = path, reason
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        # 16-bit data (also stored as 32-bit "I") is scaled to 8 bits; 8-bit-range data is kept
+        if arr.max(initial=0) > 255:
+            arr = arr / 257.0
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # transparent pixels become white rather than whatever colour PIL stored under alpha 0
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open ``path`` fully decoded, EXIF-rotated, as an RGB PIL image; raise :class:`BadImage`."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise BadImage(path, "missing_file") from None
+    if size == 0:
+        raise BadImage(path, "empty_file")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later in a transform
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImage(path, "unreadable_image", str(exc).splitlines()[0] if str(exc) else "") from None
+
+
+def load_rgb_tensor(path: str) -> torch.Tensor:
+    """Like :func:`load_rgb` but returns a uint8 tensor (3, H, W)."""
+    img = load_rgb(path)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
