@@ -97,3 +97,47 @@ def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Sequence[str
         parser.set_defaults(**demo_defaults)
         args = parser.parse_args(argv)
     return args
+
+
+def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """Only the flags actually typed in ``argv`` (defaults suppressed)."""
+    import copy
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return vars(quiet.parse_args(argv))
+
+
+def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                         args: argparse.Namespace) -> argparse.Namespace:
+    """Under ``--resume`` the run's saved arguments come back; flags typed now still win
+    (e.g. ``--epochs 40`` to extend a finished run). ``args.resume`` becomes the ``last.pt`` path."""
+    import os
+    from src.training.checkpoint import load_checkpoint
+
+    path = args.resume
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    saved = load_checkpoint(path).get("args") or {}
+    merged = {**vars(args), **saved, **explicit_args(parser, argv)}
+    merged["resume"] = path
+    return argparse.Namespace(**merged)
+
+
+def run_main(main, argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)``; whole-input errors become one line on stderr and exit code 2."""
+    import sys
+    from src.training.loop import TrainingError
+
+    try:
+        return int(main(argv) or 0)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: last.pt holds the last finished epoch; continue with --resume RUN_DIR",
+              file=sys.stderr)
+        return 130

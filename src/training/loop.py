@@ -1,0 +1,373 @@
+"""The one training loop every script calls: :func:`fit`.
+
+A *task* object supplies what differs between scripts (see :class:`Task`); the loop owns the rest:
+AMP, gradient accumulation and clipping, the non-finite-loss guard, parameter groups, schedules,
+early stopping, atomic checkpoints, resume, seeding, DDP, progress and the run directory's files.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from src.data.loading import DataWarnings
+from src.training import distributed as D
+from src.training.checkpoint import (FORMAT_VERSION, atomic_json_dump, atomic_torch_save, capture_rng_state,
+                                     load_checkpoint, restore_rng_state, unwrap_model)
+from src.training.optim import build_scheduler, param_groups
+from src.training.perf import count_params, measure_speed, size_mb
+from src.training.plots import plot_history
+
+log = logging.getLogger("src")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses); checkpoints already written stay."""
+
+
+class Task(Protocol):
+    """What a script plugs into :func:`fit`.
+
+    ``training_step`` returns ``(loss, n_samples)`` or ``(None, 0)`` for a batch with nothing usable;
+    ``evaluate`` returns metrics without prefix (``{"loss": .., "acc": ..}``), already reduced over
+    ranks; ``example_input(batch_size)`` is a model input for FPS; ``model_config`` is what
+    ``best_model.pt`` needs to rebuild the model for inference.
+    """
+    name: str
+    monitor: str           # e.g. "valid_acc"
+    mode: str              # "max" or "min"
+    fps_image_size: Any
+    warnings: DataWarnings
+    model_config: dict
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor | None, int]: ...
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, split: str) -> dict[str, float]: ...
+    def example_input(self, batch_size: int, device: torch.device) -> Any: ...
+    def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    base_lr: float = 5e-5
+    head_lr: float = 5e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "cosine"
+    scheduler_tmax: int | None = None
+    warmup_epochs: float = 0.0
+    pct_start: float = 0.3
+    patience: int = 10
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    max_bad_steps: int = 10
+    amp: bool | None = None
+    amp_dtype: str = "fp16"
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 42
+    deterministic: bool = False
+    show_plot: bool = False
+    fps_batch_size: int = 16
+    fps_min_time_s: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+def build_train_config(args, **overrides) -> TrainConfig:
+    """TrainConfig from the shared CLI flags (``src.cli.add_training_args``)."""
+    cfg = TrainConfig(epochs=args.epochs, base_lr=args.base_lr, head_lr=args.head_lr,
+                      weight_decay=args.weight_decay, scheduler=args.scheduler,
+                      scheduler_tmax=args.scheduler_tmax, warmup_epochs=args.warmup_epochs,
+                      patience=args.patience, grad_accum=max(1, args.grad_accum), clip_grad=args.clip_grad,
+                      max_bad_steps=args.max_bad_steps, amp=args.amp, amp_dtype=args.amp_dtype,
+                      compile=args.compile, channels_last=args.channels_last, seed=args.seed,
+                      deterministic=args.deterministic, show_plot=args.plot)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool) -> None:
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    """(context factory, dtype or None, GradScaler or None). AMP defaults to on for CUDA only."""
+    use = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if not use:
+        return (lambda: nullcontext()), None, None
+    dtype = torch.bfloat16 if (cfg.amp_dtype == "bf16" or device.type != "cuda") else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype, scaler
+
+
+class EarlyStopping:
+    """Strict improvement of the monitored metric; ``patience <= 0`` never stops."""
+
+    def __init__(self, patience: int, mode: str) -> None:
+        self.patience, self.mode = patience, mode
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record ``value`` for ``epoch`` (1-based); True when it is a new best."""
+        if self.improved(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+def _move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: _move(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return type(batch)(_move(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: DataLoader, cfg: TrainConfig,
+        run_dir: str, device: torch.device, dist: D.DistInfo = D.DistInfo(),
+        test_loader: DataLoader | None = None, resume_from: str | None = None,
+        args_record: dict | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``task`` and write the run directory. Returns ``metrics.json``'s content.
+
+    ``run_dir`` must exist (see :func:`src.training.run_dir.create_run_dir`); only rank 0 writes.
+    ``resume_from`` is a ``last.pt`` to continue from (same run dir).
+    """
+    set_determinism(cfg.deterministic)
+    seed_everything(cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay),
+                                  betas=cfg.betas, eps=cfg.eps)
+    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
+    scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,
+                                cfg.scheduler_tmax, cfg.warmup_epochs, cfg.pct_start)
+    autocast, amp_dtype, scaler = _autocast(device, cfg)
+    stopper = EarlyStopping(cfg.patience, task.mode)
+    history: dict[str, list] = {}
+    start_epoch, train_time = 0, 0.0
+
+    if resume_from:
+        ckpt = load_checkpoint(resume_from)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        stopper.load_state_dict(ckpt["early_stopping"])
+        history, start_epoch, train_time = ckpt["history"], ckpt["epoch"], ckpt.get("train_time_s", 0.0)
+        task.warnings.load_state(ckpt.get("data_warnings", {}))
+        restore_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d (best %s = %s at epoch %d)", resume_from, start_epoch,
+                 task.monitor, stopper.best, stopper.best_epoch)
+
+    train_model: nn.Module = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    eval_model = torch.compile(model) if cfg.compile else model
+
+    stopped_early = stopper.should_stop
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if stopped_early:
+            break
+        # every epoch starts from RNG states that depend only on (seed, epoch, rank): a resumed run
+        # shuffles, augments and drops out exactly like an uninterrupted one
+        seed_everything(cfg.seed + 1000 * epoch + dist.rank)
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = _train_one_epoch(train_model, task, train_loader, optimizer, scheduler, scaler, autocast,
+                                 cfg, device, dist, epoch)
+        with autocast():
+            valid = task.evaluate(eval_model, valid_loader, device, "valid")
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        row = {"train_loss": stats["loss"], **{f"valid_{k}": v for k, v in valid.items()},
+               "lr": max(g["lr"] for g in optimizer.param_groups), "epoch_time_s": epoch_time,
+               "data_time_s": stats["data_time"], "samples_per_s": stats["samples_per_s"],
+               "bad_steps": stats["bad_steps"]}
+        for k, v in row.items():
+            history.setdefault(k, []).append(v)
+        value = row.get(task.monitor, float("nan"))
+        is_best = stopper.update(value, epoch)
+        stopped_early = stopper.should_stop
+        if dist.is_main:
+            if is_best:
+                atomic_torch_save(_best_payload(model, task, epoch, value, args_record),
+                                  os.path.join(run_dir, "best_model.pt"))
+            atomic_torch_save({
+                "format_version": FORMAT_VERSION, "model": unwrap_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+                "early_stopping": stopper.state_dict(), "history": history, "train_time_s": train_time,
+                "rng": capture_rng_state(), "data_warnings": task.warnings.state(),
+                "args": args_record or {}, "model_config": task.model_config, "task": task.name,
+            }, os.path.join(run_dir, "last.pt"))
+            atomic_json_dump(history, os.path.join(run_dir, "history.json"))
+        metrics_txt = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_"))
+        log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
+                 epoch, cfg.epochs, stats["loss"], metrics_txt, row["lr"], epoch_time, stats["data_time"],
+                 stats["samples_per_s"], f" bad_steps={stats['bad_steps']}" if stats["bad_steps"] else "",
+                 " *best*" if is_best else "")
+        if stopped_early:
+            log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
+                     task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
+    epochs_run = len(history.get("train_loss", []))
+    D.barrier()
+    return _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, stopper, history,
+                   epochs_run, stopped_early, train_time, autocast, amp_dtype)
+
+
+def _best_payload(model, task, epoch, value, args_record) -> dict:
+    return {"format_version": FORMAT_VERSION, "model": unwrap_model(model).state_dict(), "epoch": epoch,
+            "monitor": task.monitor, "metric": value, "task": task.name, "model_config": task.model_config,
+            "args": args_record or {}}
+
+
+def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast, cfg, device, dist, epoch):
+    model.train()
+    loss_sum, n_sum, bad_steps, bad_in_row, data_time = 0.0, 0, 0, 0, 0.0
+    non_blocking = device.type == "cuda"
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", disable=None if dist.is_main else True,
+               leave=False, dynamic_ncols=True)
+    start = t_fetch = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    micro, accumulated = 0, False
+    for i, batch in enumerate(loader):
+        data_time += time.perf_counter() - t_fetch
+        batch = _move(batch, device, non_blocking)
+        last_micro = (micro + 1 == cfg.grad_accum) or (i + 1 == len(loader))
+        sync_ctx = model.no_sync() if (dist.enabled and not last_micro and hasattr(model, "no_sync")) else nullcontext()
+        with sync_ctx:
+            with autocast():
+                loss, n = task.training_step(model, batch, device)
+            # the isfinite check is a host-device sync, the price of the guard; all ranks must agree
+            # on skipping, or DDP's all-reduce in backward would wait forever
+            skip = D.any_rank(loss is None or not bool(torch.isfinite(loss.detach())), device)
+            if not skip:
+                scaled = loss / cfg.grad_accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                loss_sum += float(loss.detach()) * n
+                n_sum += n
+                bad_in_row, accumulated = 0, True
+            elif loss is not None:  # a batch whose samples were all unreadable is not a bad step
+                bad_steps += 1
+                bad_in_row += 1
+                log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, i + 1)
+                if bad_in_row >= cfg.max_bad_steps:
+                    bar.close()
+                    raise TrainingError(f"{bad_in_row} non-finite losses in a row (--max-bad-steps "
+                                        f"{cfg.max_bad_steps}); stopped. Try a lower --head-lr/--base-lr, "
+                                        f"--clip-grad 1.0 or --no-amp. The last good checkpoint is kept.")
+        micro += 1
+        if last_micro:
+            if accumulated:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            micro, accumulated = 0, False
+        bar.update(1)
+        if bar.n % 5 == 0 or bar.n == len(loader):
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum / max(1, n_sum):.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                            sps=f"{n_sum * dist.world_size / max(elapsed, 1e-9):.1f}")
+        t_fetch = time.perf_counter()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    loss_total, n_total, bad_total = D.all_reduce_sum([loss_sum, float(n_sum), float(bad_steps)], device)
+    return {"loss": loss_total / n_total if n_total else float("nan"), "samples": int(n_total),
+            "samples_per_s": n_total / max(elapsed, 1e-9), "data_time": data_time, "bad_steps": int(bad_total)}
+
+
+def _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, stopper, history, epochs_run,
+            stopped_early, train_time, autocast, amp_dtype) -> dict[str, Any]:
+    """Reload the best weights, re-evaluate, measure, write ``metrics.json`` and the plots."""
+    best_path = os.path.join(run_dir, "best_model.pt")
+    if os.path.isfile(best_path):
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    with autocast():
+        final = {f"valid_{k}": v for k, v in task.evaluate(model, valid_loader, device, "valid").items()}
+        if test_loader is not None:
+            final.update({f"test_{k}": v for k, v in task.evaluate(model, test_loader, device, "test").items()})
+    merged = DataWarnings()
+    for state in D.all_gather_objects(task.warnings.state()):
+        merged.load_state(state)
+    if not dist.is_main:
+        return {}
+    total, trainable = count_params(model)
+    speed = measure_speed(model, lambda b: task.example_input(b, device), device, amp_dtype,
+                          cfg.fps_batch_size, cfg.fps_min_time_s)
+    metrics = {"model_name": task.model_config.get("model_name", task.name), "task": task.name,
+               "num_params": total, "trainable_params": trainable, "size_mb": round(size_mb(model), 4),
+               **{k: speed[k] for k in ("fps", "fps_batch_size")}, "fps_image_size": task.fps_image_size,
+               "fps_device": speed["fps_device"], "fps_dtype": speed["fps_dtype"], "latency_ms": speed["latency_ms"],
+               "best_epoch": stopper.best_epoch, "epochs_run": epochs_run, "stopped_early": stopped_early,
+               "train_time_s": train_time,
+               **{k: v for k, v in final.items() if not k.endswith("_loss")},
+               "data_warnings": merged.counts(), "ckpt_path": "best_model.pt"}
+    atomic_json_dump(metrics, os.path.join(run_dir, "metrics.json"))
+    plot_history(history, os.path.join(run_dir, "training_plot.png"), task.monitor, show=cfg.show_plot)
+    task.final_artifacts(model, run_dir, device)
+    shown = {k: v for k, v in metrics.items() if k.startswith(("valid_", "test_"))}
+    log.info("finished: best %s at epoch %d; %s; %.1f FPS (batch %d, %s, %s); %.1f ms latency; %s params; "
+             "run dir %s", task.monitor, stopper.best_epoch,
+             " ".join(f"{k}={v:.4f}" for k, v in shown.items()), metrics["fps"], metrics["fps_batch_size"],
+             metrics["fps_device"], metrics["fps_dtype"], metrics["latency_ms"], f"{total:,}", run_dir)
+    if metrics["data_warnings"]:
+        log.warning("data warnings (skipped inputs): %s", metrics["data_warnings"])
+    return metrics

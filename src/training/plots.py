@@ -1,0 +1,57 @@
+"""Figures written into every run directory (matplotlib, Agg backend unless a display is asked for)."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+if not os.environ.get("DISPLAY"):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NON_METRIC_KEYS = {"lr", "epoch_time_s", "data_time_s", "samples_per_s", "bad_steps"}
+
+
+def plot_history(history: dict[str, list], path: str, monitor: str, show: bool = False) -> None:
+    """Loss curves (train/valid) and every other valid metric vs epoch, one PNG."""
+    epochs = range(1, len(history.get("train_loss", [])) + 1)
+    metrics = [k for k in history if k.startswith("valid_") and k != "valid_loss" and k not in NON_METRIC_KEYS]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(epochs, history.get("train_loss", []), "o-", label="train")
+    if "valid_loss" in history:
+        axes[0].plot(epochs, history["valid_loss"], "o-", label="valid")
+    axes[0].set(title="loss", xlabel="epoch")
+    axes[0].legend()
+    for k in metrics:
+        axes[1].plot(epochs, history[k], "o-", label=k + (" (monitored)" if k == monitor else ""))
+    axes[1].set(title="validation metrics", xlabel="epoch")
+    if metrics:
+        axes[1].legend()
+    axes[2].plot(epochs, history.get("lr", []), "o-")
+    axes[2].set(title="learning rate (end of epoch)", xlabel="epoch", yscale="log" if any(history.get("lr", [])) else "linear")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    if show and matplotlib.get_backend().lower() != "agg":
+        plt.show()
+    plt.close(fig)
+
+
+def plot_confusion(matrix, class_names: list[str], path: str, title: str) -> None:
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 3, 1.0 * len(class_names) + 2.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    peak = matrix.max() if matrix.size else 0
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
