@@ -1,0 +1,58 @@
+"""Shared fixtures: a small demo dataset generated once per test session, and a helper that runs a
+training script as a user would (subprocess, real argv)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# small enough for CI, big enough for every split to have each class
+SMALL_DEMO = dict(per_class=(16, 8, 4), size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory) -> Path:
+    """A working directory whose ``data/demo/classification`` already holds the real demo set
+    (generated once per session, shared by every script test)."""
+    from src.data.demo_classification import ensure_demo_classification
+
+    work = tmp_path_factory.mktemp("work")
+    ensure_demo_classification(str(work / "data/demo/classification"))
+    return work
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> tuple[str, str]:
+    """(metadata.csv, label2id.json) of a tiny demo-format dataset."""
+    from src.data.demo_classification import ensure_demo_classification
+
+    root = tmp_path_factory.mktemp("small")
+    return ensure_demo_classification(str(root / "ds"), **SMALL_DEMO)
+
+
+def run_script(script: str, args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """``python <repo>/<script> args`` in ``cwd`` with CPU-friendly settings."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("DISPLAY", None)
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_dirs(results: Path) -> list[Path]:
+    return sorted(p for p in results.iterdir() if p.is_dir()) if results.exists() else []
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,121 @@
+"""fit() on a tiny synthetic task: early stopping, non-finite guard, grad accumulation, schedules."""
+import json
+import math
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from src.data.loading import DataWarnings, make_loader
+from src.training.loop import EarlyStopping, TrainConfig, TrainingError, fit
+from src.training.optim import build_scheduler
+
+
+class TinyTask:
+    name = "toy"
+    monitor = "valid_loss"
+    mode = "min"
+    fps_image_size = 4
+
+    def __init__(self, nan_from_step=None, values=None):
+        self.warnings = DataWarnings()
+        self.model_config = {"model_name": "toy"}
+        self.steps = 0
+        self.nan_from_step = nan_from_step
+        self.values = values  # scripted validation losses per epoch
+
+    def training_step(self, model, batch, device):
+        x, y = batch
+        self.steps += 1
+        loss = nn.functional.mse_loss(model(x).squeeze(1), y)
+        if self.nan_from_step is not None and self.steps >= self.nan_from_step:
+            loss = loss * float("nan")
+        return loss, len(y)
+
+    def evaluate(self, model, loader, device, split):
+        with torch.no_grad():
+            losses = [nn.functional.mse_loss(model(x).squeeze(1), y, reduction="sum") for x, y in loader]
+        real = float(sum(losses) / len(loader.dataset))
+        if self.values:
+            return {"loss": self.values.pop(0) if len(self.values) > 1 else self.values[0]}
+        return {"loss": real}
+
+    def example_input(self, batch_size, device):
+        return torch.randn(batch_size, 4, device=device)
+
+    def final_artifacts(self, model, run_dir, device):
+        pass
+
+
+def _data(n=32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    return TensorDataset(x, x.sum(1))
+
+
+def _fit(tmp_path, task, **cfg):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    train = make_loader(_data(), batch_size=8, train=True, seed=0, collate_fn=None)
+    valid = make_loader(_data(16), batch_size=8, train=False, seed=0, collate_fn=None)
+    config = TrainConfig(**{"epochs": 3, "head_lr": 0.05, "fps_min_time_s": 0.01, **cfg})
+    metrics = fit(model, task, train, valid, config, str(tmp_path), torch.device("cpu"))
+    history = json.loads((tmp_path / "history.json").read_text())
+    return model, metrics, history
+
+
+def test_early_stopping_strict_improvement_and_patience(tmp_path):
+    stopper = EarlyStopping(patience=2, mode="min")
+    assert stopper.update(1.0, 1) and not stopper.update(1.0, 2)  # equal is not an improvement
+    assert not stopper.should_stop and not stopper.update(2.0, 3) and stopper.should_stop
+    assert stopper.best_epoch == 1
+    never = EarlyStopping(patience=0, mode="max")
+    for e in range(20):
+        never.update(0.0, e)
+    assert not never.should_stop
+    _, metrics, history = _fit(tmp_path, TinyTask(values=[3.0, 2.0, 2.5, 2.5, 2.5]), epochs=10, patience=2)
+    assert metrics["best_epoch"] == 2 and metrics["epochs_run"] == 4 and metrics["stopped_early"] is True
+    assert len(history["train_loss"]) == 4
+
+
+def test_non_finite_losses_skip_steps_then_stop(tmp_path):
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+        _fit(tmp_path, TinyTask(nan_from_step=6), epochs=3, max_bad_steps=3)
+    # epoch 1 (4 steps) finished and was checkpointed before the bad streak began
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
+    (tmp_path / "b").mkdir()
+    _, _, history = _fit(tmp_path / "b", TinyTask(nan_from_step=8), epochs=2, max_bad_steps=5)
+    assert history["bad_steps"] == [0, 1]
+
+
+def test_history_and_metrics_keys(tmp_path):
+    _, metrics, history = _fit(tmp_path, TinyTask())
+    assert set(history) == {"train_loss", "valid_loss", "lr", "epoch_time_s", "data_time_s", "samples_per_s",
+                            "bad_steps"}
+    assert all(len(v) == 3 for v in history.values())
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert metrics["num_params"] == 5 and metrics["size_mb"] == pytest.approx(5 * 4 / 2 ** 20, abs=1e-4)
+    assert metrics["fps"] > 0 and metrics["fps_batch_size"] == 16 and metrics["fps_dtype"] == "float32"
+
+
+def test_grad_accumulation_matches_large_batch():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randn(8)
+    a, b = nn.Linear(4, 1), nn.Linear(4, 1)
+    b.load_state_dict(a.state_dict())
+    nn.functional.mse_loss(a(x).squeeze(1), y).backward()
+    for half in (slice(0, 4), slice(4, 8)):
+        (nn.functional.mse_loss(b(x[half]).squeeze(1), y[half]) / 2).backward()
+    torch.testing.assert_close(a.weight.grad, b.weight.grad)
+
+
+def test_cosine_schedule_with_warmup_and_tmax():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, "cosine", total_steps=10, steps_per_epoch=2, tmax_epochs=None, warmup_epochs=1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)])

@@ -1,0 +1,56 @@
+import datetime as dt
+import os
+
+import pytest
+import torch
+
+from src.training.checkpoint import (atomic_json_dump, atomic_torch_save, capture_rng_state, load_checkpoint,
+                                     restore_rng_state)
+from src.training.run_dir import create_run_dir
+
+
+def test_runs_in_same_minute_get_distinct_dirs(tmp_path):
+    now = dt.datetime(2026, 11, 23, 9, 41)
+    dirs = [create_run_dir(str(tmp_path), "M", now) for _ in range(3)]
+    assert [os.path.basename(d) for d in dirs] == ["M_23_11_2026_0941", "M_23_11_2026_0941_2", "M_23_11_2026_0941_3"]
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path):
+    path = str(tmp_path / "last.pt")
+    atomic_torch_save({"model": {"w": torch.ones(2)}}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"model": {"w": torch.zeros(2)}, "x": Boom()}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+    atomic_json_dump({"a": 1}, str(tmp_path / "m.json"))
+    assert (tmp_path / "m.json").read_text().strip().startswith("{")
+
+
+def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    path = str(tmp_path / "rng.pt")
+    atomic_torch_save({"model": {}, "rng": capture_rng_state()}, path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(torch.load(path, weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_load_checkpoint_rejects_garbage(tmp_path):
+    from src.cli import DataError
+
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="x.pt: not a readable checkpoint"):
+        load_checkpoint(str(bad))
