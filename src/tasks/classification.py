@@ -22,7 +22,7 @@ from src.metrics.classification import classification_metrics, confusion
 from src.models.classifiers import MODELS, build_classifier, create_classifier
 from src.training import distributed as D
 from src.training.checkpoint import load_checkpoint
-from src.training.loop import build_train_config, fit
+from src.training.loop import build_train_config, fit, seed_everything
 from src.training.plots import plot_confusion
 from src.training.run_dir import prepare_run_dir, setup_logging, write_config
 
@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None, default_model: str, description: str) -> in
         device = D.resolve_device(args.device, dist.local_rank)
         setup_logging(None, dist.is_main)
         data, train_loader, valid_loader, test_loader = build_loaders(args, dist)
+        seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
         model = build_classifier(args, len(data.class_names))
         name = args.model_name or args.model
         run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)

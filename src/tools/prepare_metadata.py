@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -85,9 +86,10 @@ def assign_splits(labels: list[str], valid: float, test: float, seed: int) -> li
     if valid + test >= 1:
         raise DataError(f"--valid + --test must leave images for training, got {valid} + {test}")
     n = len(labels)
-    # integer counts up front: chained float fractions (valid / (1 - test)) round inconsistently
-    n_test = max(1, round(test * n)) if test > 0 else 0
-    n_valid = max(1, round(valid * n))
+    # integer counts (rounded half up) up front: chained float fractions (valid / (1 - test)) round
+    # inconsistently
+    n_test = max(1, math.floor(test * n + 0.5)) if test > 0 else 0
+    n_valid = max(1, math.floor(valid * n + 0.5))
     if n_test + n_valid >= n:
         raise DataError(f"{n} image(s) are too few for --valid {valid} --test {test} "
                         f"({n_valid} valid + {n_test} test would leave no training image)")
@@ -167,7 +169,7 @@ def prepare_metadata(images_dir: str, out_dir: str, valid: float = 0.1, test: fl
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.tools.prepare_metadata",
-                                description=__doc__.splitlines()[0],
+                                description=__doc__.splitlines()[0].replace("``", ""),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_flag(p, "--images-dir", required=True, help="folder with one subfolder of images per class")
     cli.add_flag(p, "--out-dir", default="data", help="where metadata.csv and label2id.json go")
@@ -180,10 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     prepare_metadata(args.images_dir, args.out_dir, args.valid, args.test, args.seed, args.overwrite)
     return 0
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     sys.exit(cli.run_main(main))
