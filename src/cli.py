@@ -7,7 +7,7 @@ parser; ``args`` then stop at the ``build_*`` functions.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 class DataError(Exception):
@@ -87,14 +87,16 @@ def add_output_args(parser: argparse.ArgumentParser, model_name: str) -> None:
 
 
 def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                             demo_defaults: dict[str, Any]) -> argparse.Namespace:
+                             demo_defaults: dict[str, Any] | Callable[[argparse.Namespace], dict[str, Any]]
+                             ) -> argparse.Namespace:
     """Parse ``argv``; under ``--demo`` the demo's defaults replace the normal ones.
 
-    Flags the user typed still win, because argparse only uses defaults for flags that are absent.
+    ``demo_defaults`` may be a function of the first parse (e.g. to depend on ``--model``). Flags
+    the user typed still win, because argparse only uses defaults for flags that are absent.
     """
     args = parser.parse_args(argv)
     if args.demo:
-        parser.set_defaults(**demo_defaults)
+        parser.set_defaults(**(demo_defaults(args) if callable(demo_defaults) else demo_defaults))
         args = parser.parse_args(argv)
     return args
 

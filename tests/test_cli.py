@@ -1,0 +1,25 @@
+"""Shared command-line conventions: dash and underscore spellings, demo defaults, typed flags win."""
+from src.tasks.classification import build_parser, parse_args
+
+MNV3, R18 = "MobileNetV3_Small_BoT_Linear", "ResNet18_Hybrid"
+
+
+def test_dash_and_underscore_spellings_are_the_same_flag():
+    parser = build_parser(R18, "")
+    a = parse_args(parser, ["--base-lr", "0.01", "--train_limit", "7", "--pin-memory"])
+    b = parse_args(parser, ["--base_lr", "0.01", "--train-limit", "7", "--pin_memory"])
+    assert vars(a) == vars(b)
+    assert (a.base_lr, a.train_limit, a.pin_memory) == (0.01, 7, True)
+
+
+def test_demo_defaults_follow_the_backbone_and_typed_flags_win():
+    r18 = parse_args(build_parser(R18, ""), ["--demo"])
+    mnv3 = parse_args(build_parser(MNV3, ""), ["--demo"])
+    assert (r18.epochs, r18.base_lr, r18.image_size) == (12, 2e-3, 96)
+    assert (mnv3.epochs, mnv3.base_lr, mnv3.head_lr, mnv3.image_size) == (24, 4e-3, 4e-3, 96)
+    # the MobileNet script asked for a ResNet variant gets the ResNet schedule
+    assert parse_args(build_parser(MNV3, ""), ["--demo", "--model", "ResNet18_CA"]).epochs == 12
+    typed = parse_args(build_parser(MNV3, ""), ["--demo", "--epochs", "3", "--head-lr", "1e-2"])
+    assert (typed.epochs, typed.head_lr, typed.base_lr) == (3, 1e-2, 4e-3)
+    plain = parse_args(build_parser(MNV3, ""), [])
+    assert plain.epochs != 24 and plain.image_size != 96
