@@ -6,6 +6,7 @@ datasets can skip and count the sample instead of crashing a DataLoader worker.
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -44,13 +45,24 @@ def load_rgb(path: str) -> Image.Image:
         raise BadImage(path, "missing_file") from None
     if size == 0:
         raise BadImage(path, "empty_file")
+    return _open_rgb(path, path)
+
+
+def decode_rgb(data: bytes, key: str) -> Image.Image:
+    """Like :func:`load_rgb` for encoded bytes (e.g. from an LMDB); ``key`` names it in errors."""
+    if not data:
+        raise BadImage(key, "empty_file")
+    return _open_rgb(io.BytesIO(data), key)
+
+
+def _open_rgb(source, key: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()  # decode now: a truncated file fails here, not later in a transform
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImage(path, "unreadable_image", str(exc).splitlines()[0] if str(exc) else "") from None
+        raise BadImage(key, "unreadable_image", str(exc).splitlines()[0] if str(exc) else "") from None
 
 
 def load_rgb_tensor(path: str) -> torch.Tensor:

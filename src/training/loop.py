@@ -41,8 +41,9 @@ class Task(Protocol):
 
     ``training_step`` returns ``(loss, n_samples)`` or ``(None, 0)`` for a batch with nothing usable;
     ``evaluate`` returns metrics without prefix (``{"loss": .., "acc": ..}``), already reduced over
-    ranks; ``example_input(batch_size)`` is a model input for FPS; ``model_config`` is what
-    ``best_model.pt`` needs to rebuild the model for inference.
+    ranks; ``example_input(batch_size)`` is a model input for FPS (optionally fed to
+    ``task.speed_module(model)`` instead of the model, when inference is more than one forward);
+    ``model_config`` is what ``best_model.pt`` needs to rebuild the model for inference.
     """
     name: str
     monitor: str           # e.g. "valid_acc"
@@ -350,7 +351,9 @@ def _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, 
     if not dist.is_main:
         return {}
     total, trainable = count_params(model)
-    speed = measure_speed(model, lambda b: task.example_input(b, device), device, amp_dtype,
+    # a task may time more than the bare forward (OCR: encode + autoregressive decoding)
+    speed_model = task.speed_module(model) if hasattr(task, "speed_module") else model
+    speed = measure_speed(speed_model, lambda b: task.example_input(b, device), device, amp_dtype,
                           cfg.fps_batch_size, cfg.fps_min_time_s)
     metrics = {"model_name": task.model_config.get("model_name", task.name), "task": task.name,
                "num_params": total, "trainable_params": trainable, "size_mb": round(size_mb(model), 4),

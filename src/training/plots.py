@@ -55,3 +55,18 @@ def plot_confusion(matrix, class_names: list[str], path: str, title: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_text_samples(samples, path: str, title: str = "validation lines (best checkpoint)") -> None:
+    """OCR samples: each line image (float (3, H, W) tensor in [0, 1]) with its truth and prediction."""
+    fig, axes = plt.subplots(len(samples), 1, figsize=(8, 0.9 * len(samples) + 0.6), squeeze=False)
+    for ax, (img, truth, pred) in zip(axes[:, 0], samples):
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+        same = truth == pred
+        ax.set_title(f"truth: {truth}   {'=' if same else '≠'}   pred: {pred}", fontsize=8, loc="left",
+                     color="black" if same else "firebrick")
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
