@@ -107,6 +107,7 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
     quiet = copy.deepcopy(parser)
     for action in quiet._actions:
         action.default = argparse.SUPPRESS
+    quiet._defaults.clear()  # set_defaults() values would otherwise look typed
     return vars(quiet.parse_args(argv))
 
 

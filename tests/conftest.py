@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,24 @@ def run_dirs(results: Path) -> list[Path]:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def kill_during_epoch_2(script: str, args: list[str], cwd: Path, results: Path, delay: float = 0.5) -> Path:
+    """Start ``script``, SIGKILL it ``delay`` s after epoch 1's ``history.json`` appears; return the
+    run directory (a user's power cut, mid-epoch)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([sys.executable, str(REPO / script), *args, "--results-dir", str(results)], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline, found = time.time() + 300, False
+    while time.time() < deadline and proc.poll() is None:
+        dirs = run_dirs(results)
+        if dirs and (dirs[0] / "history.json").exists():
+            found = True
+            break
+        time.sleep(0.02)
+    assert found, proc.stderr.read().decode()[-3000:]
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run,) = run_dirs(results)
+    return run

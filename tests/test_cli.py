@@ -23,3 +23,14 @@ def test_demo_defaults_follow_the_backbone_and_typed_flags_win():
     assert (typed.epochs, typed.head_lr, typed.base_lr) == (3, 1e-2, 4e-3)
     plain = parse_args(build_parser(MNV3, ""), [])
     assert plain.epochs != 24 and plain.image_size != 96
+
+
+def test_explicit_args_ignores_set_defaults():
+    """--resume must not mistake a script's set_defaults() (or demo defaults) for typed flags."""
+    from src import cli
+    from src.tasks.ocr import build_parser as ocr_parser
+
+    parser = ocr_parser("")
+    assert cli.explicit_args(parser, ["--resume", "x"]) == {"resume": "x"}
+    cli.parse_with_demo_defaults(parser, ["--demo"], {"epochs": 5})
+    assert cli.explicit_args(parser, ["--demo", "--lr", "0.1"]) == {"demo": True, "lr": 0.1}

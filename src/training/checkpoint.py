@@ -53,15 +53,23 @@ def _json_default(o: Any):
     return str(o)
 
 
+def torch_load_file(path: str, what: str = "checkpoint", error: type[Exception] | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a missing or unreadable file raises ``error``
+    (default :class:`~src.cli.DataError`) with one line naming the file."""
+    from src.cli import DataError
+    error = error or DataError
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise error(f"{path}: not a readable {what} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
 def load_checkpoint(path: str) -> dict[str, Any]:
     from src.cli import DataError
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    ckpt = torch_load_file(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DataError(f"{path}: not a checkpoint written by this project (no 'model' entry)")
     return ckpt

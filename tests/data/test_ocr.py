@@ -3,7 +3,6 @@ width buckets (partial batches kept, true length), unknown characters and unread
 import os
 
 import pytest
-import torch
 from PIL import Image
 
 from src.cli import DataError

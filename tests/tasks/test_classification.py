@@ -1,14 +1,12 @@
 """The two classification scripts end to end, as a user runs them (subprocesses on demo data)."""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import REPO, read_json, run_dirs, run_script
+from tests.conftest import REPO, kill_during_epoch_2, read_json, run_dirs, run_script
 
 MNV3 = "train_MobileNetV3_Small_BoT_Linear.py"
 R18 = "train_ResNet18_Hybrid.py"
@@ -67,23 +65,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo_workdir, tmp_path):
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
     run_script(MNV3, args + ["--results-dir", str(ref_dir)], demo_workdir)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    proc = subprocess.Popen([sys.executable, str(REPO / MNV3), *args, "--results-dir", str(kill_dir)],
-                            cwd=demo_workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    history = None
-    while time.time() < deadline and proc.poll() is None:
-        dirs = run_dirs(kill_dir)
-        if dirs and (dirs[0] / "history.json").exists():
-            history = dirs[0] / "history.json"
-            break
-        time.sleep(0.02)
-    assert history is not None, proc.stderr.read().decode()[-3000:]
-    time.sleep(0.5)  # well inside epoch 2
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    (run,) = run_dirs(kill_dir)
+    run = kill_during_epoch_2(MNV3, args, demo_workdir, kill_dir, delay=0.5)
     assert len(read_json(run / "history.json")["train_loss"]) == 1
     assert not (run / "metrics.json").exists()
     for pt in run.glob("*.pt"):  # nothing half-written
@@ -105,7 +87,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo_workdir, tmp_path):
 
 
 def test_bad_images_are_counted_skips(demo_workdir, tmp_path):
-    from tests.data.test_classification import _write  # noqa: F401 (shared writer)
     import shutil
 
     src = demo_workdir / "data/demo/classification"

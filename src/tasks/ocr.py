@@ -1,0 +1,329 @@
+"""``train_vietocr.py``: VietOCR-compatible text-line recognition through the shared loop.
+
+Data: VietOCR annotation files + LMDB cache (:mod:`src.data.ocr`); models: :mod:`src.models.vietocr`;
+metrics: :mod:`src.metrics.ocr`. Validation decodes batched greedy with a KV cache (or beam search
+with ``--beam-size``) and monitors ``valid_cer`` (lower is better).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from src import cli
+from src.data.demo_ocr import ensure_demo_ocr
+from src.data.images import BadImage, load_rgb
+from src.data.loading import DataWarnings, make_loader
+from src.data.ocr import (EOS, IMAGE_HEIGHT, MASK, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab,
+                          WidthBucketBatchSampler, build_lmdb, collate_lines, resized_width)
+from src.metrics.ocr import OCRMeter
+from src.models.vietocr import VIETOCR_ARCHS, build_vietocr, decode_batch
+from src.training import distributed as D
+from src.training.checkpoint import load_checkpoint
+from src.training.loop import build_train_config, fit, seed_everything
+from src.training.plots import plot_text_samples
+from src.training.run_dir import prepare_run_dir, setup_logging, write_config
+
+log = logging.getLogger("src")
+
+# --demo: the small model (VietOCR's full model trains at ~4 lines/s on a 2-core CPU) and a
+# schedule that reaches a low CER on the generated lines in a few CPU minutes
+DEMO_DEFAULTS = dict(model_size="small", epochs=12, batch_size=32, lr=2e-3, num_workers=2, patience=0)
+
+
+class OCRTask:
+    """Label-smoothed cross-entropy on teacher-forced decoding; CER/WER/accuracies from real decoding."""
+
+    name = "ocr"
+    monitor = "valid_cer"
+    mode = "min"
+
+    def __init__(self, vocab: Vocab, model_config: dict, label_smoothing: float = 0.1, masked_lm: float = 0.0,
+                 beam_size: int = 1, max_decode_len: int = 128, fps_width: int = 160) -> None:
+        self.vocab, self.model_config = vocab, model_config
+        self.label_smoothing, self.masked_lm = label_smoothing, masked_lm
+        self.beam_size, self.max_decode_len = beam_size, max_decode_len
+        self.fps_image_size = [IMAGE_HEIGHT, fps_width]
+        self.warnings = DataWarnings()
+        self._samples: dict[str, list[tuple[torch.Tensor, str, str]]] = {}
+
+    def loss(self, model: nn.Module, batch: dict, corrupt: bool) -> torch.Tensor:
+        tgt_in = batch["tgt_input"]
+        if corrupt and self.masked_lm > 0:
+            # masked-LM corruption (VietOCR): some input characters become <mask>, so the decoder
+            # must read them from the image instead of guessing from the text so far
+            hit = (torch.rand(tgt_in.shape, device=tgt_in.device) < self.masked_lm) & (tgt_in > MASK)
+            tgt_in = tgt_in.masked_fill(hit, MASK)
+        logits = model(batch["image"], tgt_in, batch["tgt_padding_mask"])
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_output"].flatten(), ignore_index=PAD,
+                               label_smoothing=self.label_smoothing)
+
+    def training_step(self, model: nn.Module, batch: dict, device: torch.device):
+        self.warnings.add_many(batch["bad"])
+        if "image" not in batch:
+            return None, 0
+        return self.loss(model, batch, corrupt=True), int(batch["image"].shape[0])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, split: str) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        meter, loss_sum, tokens, samples = OCRMeter(), 0.0, 0, []
+        for batch in loader:
+            self.warnings.add_many(batch["bad"])
+            if "image" not in batch:
+                continue
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            n_tok = int((batch["tgt_output"] != PAD).sum())
+            loss_sum += float(self.loss(model, batch, corrupt=False)) * n_tok
+            tokens += n_tok
+            ids, conf = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len)
+            preds = [self.vocab.decode(row) for row in ids.tolist()]
+            meter.update(batch["text"], preds)
+            if len(samples) < 12:
+                samples += [(img.cpu(), t, p) for img, t, p in zip(batch["image"], batch["text"], preds)][:12 - len(samples)]
+        model.train(was_training)
+        self._samples[split] = samples
+        totals = D.all_reduce_sum([loss_sum, float(tokens), *meter.values()], device)
+        return {"loss": totals[0] / totals[1] if totals[1] else float("nan"), **OCRMeter.compute(totals[2:])}
+
+    def example_input(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(batch_size, 3, *self.fps_image_size, device=device)
+
+    def speed_module(self, model: nn.Module) -> nn.Module:
+        """FPS measures what a user runs: encode + batched decoding, lines per second."""
+        return _Recognizer(model, self.beam_size, self.max_decode_len)
+
+    def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
+        if self._samples.get("valid"):
+            plot_text_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"))
+
+
+class _Recognizer(nn.Module):
+    def __init__(self, model: nn.Module, beam_size: int, max_len: int) -> None:
+        super().__init__()
+        self.model, self.beam_size, self.max_len = model, beam_size, max_len
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return decode_batch(self.model, images, SOS, EOS, PAD, self.beam_size, self.max_len)[0]
+
+
+# ----------------------------------------------------------------------------- inference API
+
+def load_for_inference(weights: str, device: torch.device, quantize: str = "none"):
+    """(model in eval mode, vocab, model_config) from a ``best_model.pt`` of this script."""
+    ckpt = load_checkpoint(weights)
+    cfg = ckpt.get("model_config") or {}
+    if ckpt.get("task") != OCRTask.name or "arch" not in cfg:
+        raise cli.DataError(f"{weights}: not an OCR checkpoint of this project")
+    vocab = Vocab(cfg["vocab"])
+    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"])
+    model.load_state_dict(ckpt["model"])
+    model = model.to(device).eval()
+    if quantize == "int8":
+        model = quantize_int8(model)
+    return model, vocab, cfg
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized on
+    the fly): a CPU inference speed-up for the transformer; the CNN stays fp32."""
+    return torch.ao.quantization.quantize_dynamic(model.cpu(), {nn.Linear}, dtype=torch.qint8)
+
+
+@torch.no_grad()
+def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], device: torch.device,
+              batch_size: int = 32, beam_size: int = 1, max_len: int = 128, min_width: int = 32,
+              max_width: int = 512) -> list[tuple[str, float]]:
+    """Text and confidence for each PIL image, in input order.
+
+    Images are resized with VietOCR's rule and grouped by resized width, so each batch needs no
+    padding and the decoder runs on full batches.
+    """
+    widths = [resized_width(im.width, im.height, IMAGE_HEIGHT, min_width, max_width) for im in images]
+    sampler = WidthBucketBatchSampler(widths, batch_size, shuffle=False)
+    out: list[tuple[str, float] | None] = [None] * len(images)
+    for idx in sampler:
+        x = torch.stack([_to_tensor(images[i].convert("RGB").resize((widths[i], IMAGE_HEIGHT), Image.BILINEAR))
+                         for i in idx]).to(device)
+        ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
+        for i, row, c in zip(idx, ids.tolist(), conf.tolist()):
+            out[i] = (vocab.decode(row), float(c))
+    return out  # type: ignore[return-value]
+
+
+def _to_tensor(img: Image.Image) -> torch.Tensor:
+    import numpy as np
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def predict_main(args) -> int:
+    if not args.weights:
+        raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
+    device = torch.device("cpu") if args.quantize == "int8" else D.resolve_device(args.device)
+    model, vocab, cfg = load_for_inference(args.weights, device, args.quantize)
+    images, paths, failed = [], [], 0
+    for path in args.predict:
+        try:
+            images.append(load_rgb(path))
+            paths.append(path)
+        except BadImage as exc:
+            print(f"{path}\terror: {exc.reason}", file=sys.stderr)
+            failed += 1
+    results = recognize(model, vocab, images, device, args.batch_size, args.beam_size, args.max_decode_len,
+                        cfg.get("image_min_width", 32), cfg.get("image_max_width", 512))
+    for path, (text, conf) in zip(paths, results):
+        print(f"{path}\t{text}\t{conf:.4f}")
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- script
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data (VietOCR format)")
+    cli.add_flag(d, "--data-root", default=None, help="folder the annotation paths are relative to")
+    cli.add_flag(d, "--train-annotation", default=None, help="train annotation txt (path<TAB>label per line)")
+    cli.add_flag(d, "--valid-annotation", default=None, help="validation annotation txt")
+    cli.add_flag(d, "--test-annotation", default=None, help="optional test annotation txt")
+    cli.add_flag(d, "--lmdb-dir", default=None,
+                 help="where LMDB caches go (default: DATA_ROOT/.lmdb_cache); keyed by annotation content")
+    cli.add_flag(d, "--vocab", default=None, metavar="FILE",
+                 help="characters file (default: VietOCR's 229-character Vietnamese vocabulary)")
+    cli.add_flag(d, "--unknown-char", choices=["skip", "error"], default="skip",
+                 help="labels with characters outside the vocabulary: skip and count, or stop")
+    cli.add_flag(d, "--demo-dir", default="data/demo/ocr", help="where --demo writes its dataset")
+    cli.add_flag(d, "--image-min-width", type=int, default=32)
+    cli.add_flag(d, "--image-max-width", type=int, default=512)
+    cli.add_flag(d, "--max-tokens", type=int, default=None,
+                 help="dynamic batch size: about this many encoder positions (W/2 per line) per batch")
+    cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
+                 help="colour jitter, blur, perspective, invert on training lines")
+    cli.add_flag(d, "--masked-lm", type=float, nargs="?", const=0.05, default=0.0, metavar="P",
+                 help="masked-LM corruption of decoder inputs (flag alone: 0.05)")
+    m = p.add_argument_group("model")
+    cli.add_flag(m, "--arch", choices=VIETOCR_ARCHS, default="vgg_transformer")
+    cli.add_flag(m, "--model-size", choices=["full", "small"], default="full",
+                 help="full = VietOCR's architecture; small = scaled-down for CPU (see docs)")
+    cli.add_flag(m, "--pretrained", action="store_true", help="ImageNet VGG19-bn weights (torchvision)")
+    cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH",
+                 help="local vgg19_bn state dict (implies --pretrained)")
+    cli.add_flag(m, "--grad-checkpointing", action="store_true",
+                 help="recompute activations in backward (less memory, ~30%% slower)")
+    cli.add_flag(m, "--label-smoothing", type=float, default=0.1)
+    cli.add_flag(m, "--beam-size", type=int, default=1, help="1 = batched greedy with KV cache")
+    cli.add_flag(m, "--max-decode-len", type=int, default=128)
+    cli.add_training_args(p)
+    cli.add_data_args(p)
+    cli.add_output_args(p, "vgg_transformer")
+    o = p.add_argument_group("optimizer (VietOCR: AdamW 0.9/0.98, eps 1e-9, OneCycle)")
+    cli.add_flag(o, "--lr", type=float, default=3e-4, help="max learning rate (sets --base-lr and --head-lr)")
+    cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
+    p.set_defaults(scheduler="onecycle", clip_grad=1.0, weight_decay=0.0, batch_size=32, patience=0, epochs=20)
+    i = p.add_argument_group("inference")
+    cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="print text per image")
+    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
+    cli.add_flag(i, "--quantize", choices=["none", "int8"], default="none",
+                 help="int8 dynamic quantization of Linear layers for CPU inference")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = cli.parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
+    if args.resume:
+        args = cli.restore_resumed_args(parser, argv, args)
+    typed = cli.explicit_args(parser, argv)
+    # --lr is VietOCR's single learning rate; --base-lr/--head-lr typed explicitly still win
+    if "base_lr" not in typed:
+        args.base_lr = args.lr
+    if "head_lr" not in typed:
+        args.head_lr = args.lr
+    return args
+
+
+def build_data(args, dist: D.DistInfo, vocab: Vocab, warnings: DataWarnings):
+    if args.demo:
+        root = args.demo_dir
+        if dist.is_main:
+            log.info("demo data: %s", os.path.abspath(root))
+            ensure_demo_ocr(root)
+        D.barrier()
+        files = ensure_demo_ocr(root)
+        args.data_root = root
+        args.train_annotation, args.valid_annotation, args.test_annotation = files["train"], files["valid"], files["test"]
+    for flag in ("data_root", "train_annotation", "valid_annotation"):
+        if not getattr(args, flag):
+            raise cli.DataError(f"--{flag.replace('_', '-')} is required (or use --demo)")
+    cache = args.lmdb_dir or os.path.join(args.data_root, ".lmdb_cache")
+    loaders = {}
+    for split in ("train", "valid", "test"):
+        ann = getattr(args, f"{split}_annotation")
+        if not ann:
+            continue
+        if dist.is_main:
+            build_lmdb(ann, args.data_root, cache)
+        D.barrier()
+        ds = OCRDataset(build_lmdb(ann, args.data_root, cache), vocab, ann, warnings, args.image_min_width,
+                        args.image_max_width, augment=args.augment and split == "train",
+                        unknown_char=args.unknown_char)
+        limit = args.train_limit if split == "train" else args.valid_limit
+        if limit:
+            _limit(ds, limit, args.seed)
+        sampler = WidthBucketBatchSampler(ds.widths, args.batch_size, shuffle=split == "train", seed=args.seed,
+                                          max_tokens=args.max_tokens, rank=dist.rank,
+                                          world_size=dist.world_size, pad=split == "train")
+        loaders[split] = make_loader(ds, batch_size=args.batch_size, train=split == "train", seed=args.seed,
+                                     num_workers=args.num_workers, pin_memory=args.pin_memory,
+                                     collate_fn=collate_lines, batch_sampler=sampler)
+        log.info("%s: %d lines from %s (%d batches)", split, len(ds), ann, len(sampler))
+    return loaders
+
+
+def _limit(ds: OCRDataset, limit: int, seed: int) -> None:
+    """Keep a seeded random ``limit`` lines (in their original order)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(ds), generator=g)[:limit].tolist())
+    for attr in ("index", "texts", "widths", "keys"):
+        setattr(ds, attr, [getattr(ds, attr)[i] for i in keep])
+
+
+def main(argv: Sequence[str] | None = None,
+         description: str = "Train a VietOCR-compatible text-line recognizer.") -> int:
+    parser = build_parser(description)
+    args = parse_args(parser, argv)
+    if args.predict:
+        return predict_main(args)
+    vocab = Vocab.from_file(args.vocab) if args.vocab else Vocab(VIETOCR_VOCAB)
+    dist = D.init_distributed(args.device)
+    try:
+        device = D.resolve_device(args.device, dist.local_rank)
+        setup_logging(None, dist.is_main)
+        name = args.model_name or (args.arch if args.model_size == "full" else f"{args.arch}_{args.model_size}")
+        model_config = {"arch": args.arch, "model_size": args.model_size, "model_name": name, "vocab": vocab.chars,
+                        "image_min_width": args.image_min_width, "image_max_width": args.image_max_width}
+        task = OCRTask(vocab, model_config, args.label_smoothing, args.masked_lm, args.beam_size, args.max_decode_len)
+        loaders = build_data(args, dist, vocab, task.warnings)
+        seed_everything(args.seed)
+        model = build_vietocr(args.arch, len(vocab), args.model_size, args.pretrained or bool(args.pretrained_weights),
+                              args.pretrained_weights, grad_checkpointing=args.grad_checkpointing)
+        run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)
+        setup_logging(run_dir, dist.is_main)
+        record = dict(vars(args))
+        if dist.is_main and not args.resume:
+            write_config(run_dir, record, {"device": str(device), "world_size": dist.world_size,
+                                           "vocab_size": len(vocab)})
+        log.info("run dir %s | %s (%s params) | device %s x %d", run_dir, name,
+                 f"{sum(p.numel() for p in model.parameters()):,}", device, dist.world_size)
+        cfg = build_train_config(args, betas=(0.9, 0.98), eps=1e-9, pct_start=args.pct_start)
+        fit(model, task, loaders["train"], loaders["valid"], cfg, run_dir, device, dist,
+            test_loader=loaders.get("test"), resume_from=args.resume, args_record=record)
+    finally:
+        D.cleanup_distributed()
+    return 0
