@@ -210,6 +210,21 @@ def augmentation() -> v2.Transform:
     ])
 
 
+_ENVS: dict[tuple[int, str], object] = {}
+
+
+def open_lmdb(path: str):
+    """A read-only LMDB environment, one per (process, folder): LMDB refuses a second handle on the
+    same folder in one process (train and valid may share an annotation file), and a handle must
+    not cross a fork, so DataLoader workers open their own on first use."""
+    import lmdb
+
+    key = (os.getpid(), os.path.abspath(path))
+    if key not in _ENVS:
+        _ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    return _ENVS[key]
+
+
 class OCRDataset(Dataset):
     """Lines from an LMDB cache as ``{"image": float (3, 32, W) in [0, 1], "target": ids, "text", "key"}``.
 
@@ -221,13 +236,9 @@ class OCRDataset(Dataset):
     def __init__(self, lmdb_path: str, vocab: Vocab, annotation_file: str, warnings: DataWarnings,
                  min_width: int = 32, max_width: int = 512, augment: bool = False,
                  unknown_char: str = "skip") -> None:
-        import lmdb
-
         self.lmdb_path, self.vocab, self.augment = lmdb_path, vocab, augmentation() if augment else None
         self.min_width, self.max_width = min_width, max_width
-        self._env = None
-        env = lmdb.open(lmdb_path, readonly=True, lock=False, readahead=False, meminit=False)
-        with env.begin() as txn:
+        with open_lmdb(lmdb_path).begin() as txn:
             n = int(txn.get(b"num-samples"))
             for reason, paths in json.loads(txn.get(b"skipped")).items():
                 for p in paths:
@@ -248,7 +259,6 @@ class OCRDataset(Dataset):
                 self.texts.append(text)
                 self.keys.append(rel)
                 self.widths.append(resized_width(w, h, IMAGE_HEIGHT, min_width, max_width))
-        env.close()
         if not self.index:
             raise DataError(f"{annotation_file}: no usable samples (all unreadable or outside the vocabulary)")
 
@@ -256,10 +266,7 @@ class OCRDataset(Dataset):
         return len(self.index)
 
     def _txn(self):
-        if self._env is None:  # opened lazily, once per worker process (LMDB handles do not fork)
-            import lmdb
-            self._env = lmdb.open(self.lmdb_path, readonly=True, lock=False, readahead=False, meminit=False)
-        return self._env.begin()
+        return open_lmdb(self.lmdb_path).begin()
 
     def __getitem__(self, i: int) -> dict:
         with self._txn() as txn:

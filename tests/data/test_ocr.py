@@ -109,3 +109,13 @@ def test_width_buckets_keep_partial_batches_and_report_true_length():
     ranks = [list(WidthBucketBatchSampler(widths, 2, True, 0, rank=r, world_size=2)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 3
     assert set(i for r in ranks for b in r for i in b) == set(range(9))
+
+
+def test_train_and_valid_may_share_one_annotation_file(tmp_path):
+    """Two datasets on the same LMDB in one process (num_workers=0) both read their lines."""
+    ann = make_set(tmp_path, [("a.png", "một"), ("b.png", "hai")])
+    path = build_lmdb(ann, str(tmp_path), str(tmp_path / "c"))
+    v = Vocab(VIETOCR_VOCAB)
+    train = OCRDataset(path, v, ann, DataWarnings(), augment=True)
+    valid = OCRDataset(path, v, ann, DataWarnings())
+    assert [train[i]["text"] for i in range(2)] == [valid[i]["text"] for i in range(2)] == ["một", "hai"]
