@@ -57,6 +57,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from src.models.classifiers import create_classifier  # noqa: E402
 from src.models.layers.attention import BoTBlock  # noqa: E402
 from src.training import distributed as D  # noqa: E402
+from src.training.perf import round_robin, sync  # noqa: E402
 
 # backbone -> attention kind -> model name in src.models.classifiers.MODELS
 VARIANTS = {
@@ -69,11 +70,6 @@ MiB = 2 ** 20
 
 
 # ----------------------------------------------------------------------------- measuring helpers
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 @contextmanager
 def _quiet_stderr():
@@ -92,11 +88,11 @@ def _quiet_stderr():
 def step_peak_bytes(fn: Callable[[], None], device: torch.device) -> float:
     """Peak bytes allocated while ``fn`` runs, above what was allocated when it started."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        sync(device)
         return torch.cuda.max_memory_allocated(device) - before
     with _quiet_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,24 +107,6 @@ def step_peak_bytes(fn: Callable[[], None], device: torch.device) -> float:
         current += nbytes
         peak = max(peak, current)
     return float(peak)
-
-
-def round_robin(fns: dict[str, Callable[[], None]], device: torch.device, min_reps: int, min_time_s: float,
-                max_reps: int) -> dict[str, list[float]]:
-    """Seconds of each call of each function, calling them in turn (a, b, c, a, b, c, ...)
-    until each ran ``min_reps`` times and ``min_time_s`` passed (or ``max_reps``)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    reps = 0
-    while reps < max_reps and (reps < min_reps or time.perf_counter() - start < min_time_s):
-        for key, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[key].append(time.perf_counter() - t0)
-        reps += 1
-    return times
 
 
 class Trainer:

@@ -47,6 +47,7 @@ from src.models.classifiers import MODELS, create_classifier  # noqa: E402
 from src.tasks.classification import ClassificationTask  # noqa: E402
 from src.training import distributed as D  # noqa: E402
 from src.training.loop import TrainConfig, fit  # noqa: E402
+from src.training.perf import sync  # noqa: E402
 
 NUM_CLASSES = 10
 LR, WEIGHT_DECAY = 1e-3, 1e-2
@@ -67,11 +68,6 @@ class RandomImages(Dataset):
         return {"image": self.images[i], "label": self.labels[i]}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_bare(model: nn.Module, dataset: Dataset, args, device: torch.device, amp_dtype,
              epochs: int) -> list[float]:
     """The minimal loop; returns samples/s of epochs 2..E."""
@@ -84,7 +80,7 @@ def run_bare(model: nn.Module, dataset: Dataset, args, device: torch.device, amp
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     rates = []
     for _ in range(epochs):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for batch in loader:
             x = batch["image"].to(device, non_blocking=True)
@@ -99,7 +95,7 @@ def run_bare(model: nn.Module, dataset: Dataset, args, device: torch.device, amp
                 loss.backward()
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         rates.append(len(dataset) / (time.perf_counter() - start))
     return rates[1:]
 

@@ -73,6 +73,7 @@ from rapidfuzz.distance import Levenshtein  # noqa: E402
 from torch import nn  # noqa: E402
 
 from src.cli import DataError  # noqa: E402
+from src.training.perf import round_robin as perf_round_robin  # noqa: E402
 from src.data.demo_ocr import ensure_demo_ocr  # noqa: E402
 from src.data.images import BadImage, load_rgb  # noqa: E402
 from src.data.ocr import (EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, WidthBucketBatchSampler,  # noqa: E402
@@ -89,11 +90,6 @@ SPECIALS = dict(sos_id=SOS, eos_id=EOS, pad_id=PAD)
 
 # ----------------------------------------------------------------------------- timing helpers
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, args) -> dict[str, list[float]]:
     """Seconds of each call of each function after ``args.warmup`` untimed calls each, calling them in
     turn (a, b, a, b, ...) until each ran ``args.reps`` times and ``args.min_time`` passed (or
@@ -101,18 +97,7 @@ def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, args
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    reps = 0
-    while reps < args.max_reps and (reps < args.reps or time.perf_counter() - start < args.min_time):
-        for key, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[key].append(time.perf_counter() - t0)
-        reps += 1
-    return times
+    return perf_round_robin(fns, device, args.reps, args.min_time, args.max_reps)
 
 
 def fastest(ts: list[float]) -> float:

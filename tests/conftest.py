@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -79,3 +80,19 @@ def kill_during_epoch_2(script: str, args: list[str], cwd: Path, results: Path, 
     proc.wait()
     (run,) = run_dirs(results)
     return run
+
+
+def capture_warnings(logger_name: str) -> Iterator[list]:
+    """Yield the list of WARNING+ records of ``logger_name`` (its own handler: another test may have
+    turned propagation off); for fixtures: ``yield from capture_warnings(...)``."""
+    import logging
+
+    records: list = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

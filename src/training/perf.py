@@ -27,7 +27,8 @@ def size_mb(model: nn.Module) -> float:
     return n * 4 / 2 ** 20
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so host timers measure it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -44,16 +45,16 @@ def time_forward(model: nn.Module, make_input: Callable[[int], object], batch_si
     with ctx:
         for _ in range(warmup):
             model(x) if not isinstance(x, dict) else model(**x)
-        _sync(device)
+        sync(device)
         iters, start = 0, time.perf_counter()
         while iters < max_iters:
             model(x) if not isinstance(x, dict) else model(**x)
             iters += 1
             if iters >= 3:
-                _sync(device)
+                sync(device)
                 if time.perf_counter() - start >= min_time_s:
                     break
-        _sync(device)
+        sync(device)
         elapsed = time.perf_counter() - start
     model.train(was_training)
     return elapsed / iters
@@ -67,3 +68,22 @@ def measure_speed(model: nn.Module, make_input: Callable[[int], object], device:
             "fps_device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "fps_dtype": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
             "latency_ms": per_image * 1000.0}
+
+
+def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, min_reps: int, min_time_s: float,
+                max_reps: int) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calling them in turn (a, b, c, a, b, c, ...) until each
+    ran ``min_reps`` times and ``min_time_s`` passed (or ``max_reps``): a change in machine load
+    hits every compared method alike (used by ``bench/``)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    reps = 0
+    while reps < max_reps and (reps < min_reps or time.perf_counter() - start < min_time_s):
+        for key, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - t0)
+        reps += 1
+    return times

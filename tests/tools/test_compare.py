@@ -1,5 +1,4 @@
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -7,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import capture_warnings
 
 from src.cli import DataError, run_main
 from src.tools.compare import collect_runs, format_duration, main, markdown_table, sort_runs
@@ -41,13 +42,7 @@ def results(tmp_path) -> Path:
 
 @pytest.fixture
 def warnings_log():
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("src.tools.compare")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    yield from capture_warnings("src.tools.compare")
 
 
 def _cells(table: str) -> list[list[str]]:

@@ -1,5 +1,4 @@
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -7,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.conftest import capture_warnings
 from PIL import Image
 
 from src.cli import DataError
@@ -39,14 +40,7 @@ def tree(tmp_path) -> Path:
 
 @pytest.fixture
 def warnings_log():
-    """Warnings of the tool's logger (own handler: another test may have turned propagation off)."""
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("src.tools.prepare_metadata")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+    yield from capture_warnings("src.tools.prepare_metadata")
 
 
 def _read(csv_path) -> pd.DataFrame:
