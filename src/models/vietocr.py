@@ -511,12 +511,12 @@ class VietOCRModel(nn.Module):
 
     @torch.no_grad()
     def greedy_decode(self, images: torch.Tensor, *, sos_id: int, eos_id: int, pad_id: int,
-                      max_len: int = 128) -> DecodeResult:
+                      max_len: int = 128, memory=None) -> DecodeResult:
         """Batched greedy decoding, one decoder step per token (key/value cache for the transformer,
         the GRU state for seq2seq). A line leaves the batch when it emits eos; decoding stops when every
         line has, or after ``max_len`` tokens. Call in eval mode."""
         seq = self.transformer
-        memory = self.encode(images)
+        memory = self.encode(images) if memory is None else memory  # callers may have it already
         n, device = images.shape[0], images.device
         state = seq.init_state(memory, max_len)
         tokens = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
@@ -569,7 +569,7 @@ class VietOCRModel(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, images: torch.Tensor, *, beam_size: int = 4, sos_id: int, eos_id: int, pad_id: int,
-                    max_len: int = 128) -> DecodeResult:
+                    max_len: int = 128, memory=None) -> DecodeResult:
         """Batched beam search over N lines x ``beam_size`` beams.
 
         Score of a hypothesis: its mean token log-probability (eos included). Each step every line keeps
@@ -582,7 +582,7 @@ class VietOCRModel(nn.Module):
         where running beams compete as they are. Returns the best finished hypothesis per line.
         """
         seq, k = self.transformer, beam_size
-        memory = self.encode(images)
+        memory = self.encode(images) if memory is None else memory  # callers may have it already
         n, device = images.shape[0], images.device
         state = seq.init_state(memory, max_len, group=k)
         out_tok = torch.full((n, max_len), pad_id, dtype=torch.long, device=device)
@@ -685,9 +685,10 @@ def _finish(tokens: torch.Tensor, probs: torch.Tensor, lengths: torch.Tensor) ->
 
 
 def decode_batch(model: VietOCRModel, images: torch.Tensor, sos_id: int, eos_id: int, pad_id: int,
-                 beam_size: int = 1, max_len: int = 128) -> DecodeResult:
-    """Greedy (``beam_size`` 1, cached) or batched beam search: (tokens (N, L), confidence (N,))."""
-    kwargs = dict(sos_id=sos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len)
+                 beam_size: int = 1, max_len: int = 128, memory=None) -> DecodeResult:
+    """Greedy (``beam_size`` 1, cached) or batched beam search: (tokens (N, L), confidence (N,)).
+    ``memory``: ``model.encode(images)`` when the caller has already computed it."""
+    kwargs = dict(sos_id=sos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len, memory=memory)
     if beam_size <= 1:
         return model.greedy_decode(images, **kwargs)
     return model.beam_search(images, beam_size=beam_size, **kwargs)

@@ -54,22 +54,22 @@ class OCRTask:
         self.warnings = DataWarnings()
         self._samples: dict[str, list[tuple[torch.Tensor, str, str]]] = {}
 
-    def loss(self, model: nn.Module, batch: dict, corrupt: bool) -> torch.Tensor:
-        tgt_in = batch["tgt_input"]
-        if corrupt and self.masked_lm > 0:
-            # masked-LM corruption (VietOCR): some input characters become <mask>, so the decoder
-            # must read them from the image instead of guessing from the text so far
-            hit = (torch.rand(tgt_in.shape, device=tgt_in.device) < self.masked_lm) & (tgt_in > MASK)
-            tgt_in = tgt_in.masked_fill(hit, MASK)
-        logits = model(batch["image"], tgt_in, batch["tgt_padding_mask"])
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_output"].flatten(), ignore_index=PAD,
+    def loss(self, logits: torch.Tensor, tgt_output: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().flatten(0, 1), tgt_output.flatten(), ignore_index=PAD,
                                label_smoothing=self.label_smoothing)
 
     def training_step(self, model: nn.Module, batch: dict, device: torch.device):
         self.warnings.add_many(batch["bad"])
         if "image" not in batch:
             return None, 0
-        return self.loss(model, batch, corrupt=True), int(batch["image"].shape[0])
+        tgt_in = batch["tgt_input"]
+        if self.masked_lm > 0:
+            # masked-LM corruption (VietOCR): some input characters become <mask>, so the decoder
+            # must read them from the image instead of guessing from the text so far
+            hit = (torch.rand(tgt_in.shape, device=tgt_in.device) < self.masked_lm) & (tgt_in > MASK)
+            tgt_in = tgt_in.masked_fill(hit, MASK)
+        logits = model(batch["image"], tgt_in, batch["tgt_padding_mask"])
+        return self.loss(logits, batch["tgt_output"]), int(batch["image"].shape[0])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, split: str) -> dict[str, float]:
@@ -81,10 +81,14 @@ class OCRTask:
             if "image" not in batch:
                 continue
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            # the images are encoded once, for both the teacher-forced loss and the decoding
+            memory = model.encode(batch["image"])
+            logits = model.transformer.forward_decoder(batch["tgt_input"].T, memory, batch["tgt_padding_mask"])
             n_tok = int((batch["tgt_output"] != PAD).sum())
-            loss_sum += float(self.loss(model, batch, corrupt=False)) * n_tok
+            loss_sum += float(self.loss(logits, batch["tgt_output"])) * n_tok
             tokens += n_tok
-            ids, conf = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len)
+            ids, conf = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len,
+                                     memory=memory)
             preds = [self.vocab.decode(row) for row in ids.tolist()]
             meter.update(batch["text"], preds)
             if len(samples) < 12:
