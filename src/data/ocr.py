@@ -210,19 +210,31 @@ def augmentation() -> v2.Transform:
     ])
 
 
-_ENVS: dict[tuple[int, str], object] = {}
+_ENVS: dict[str, tuple[int, object]] = {}  # folder -> (pid that opened it, environment)
 
 
 def open_lmdb(path: str):
-    """A read-only LMDB environment, one per (process, folder): LMDB refuses a second handle on the
-    same folder in one process (train and valid may share an annotation file), and a handle must
-    not cross a fork, so DataLoader workers open their own on first use."""
+    """A read-only LMDB environment, one per process and folder: LMDB refuses a second handle on the
+    same folder in one process (train and valid may share an annotation file), and a handle must not
+    cross a fork: a DataLoader worker that inherited its parent's handle closes that copy (the only
+    way py-lmdb lets it open the folder again) and opens its own."""
     import lmdb
 
-    key = (os.getpid(), os.path.abspath(path))
-    if key not in _ENVS:
-        _ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
-    return _ENVS[key]
+    key, pid = os.path.abspath(path), os.getpid()
+    entry = _ENVS.get(key)
+    if entry is not None and entry[0] != pid:
+        entry[1].close()
+        entry = None
+    if entry is None:
+        entry = _ENVS[key] = (pid, lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False))
+    return entry[1]
+
+
+def close_lmdb(path: str) -> None:
+    """Close this process's handle on ``path`` (if any), so forked workers do not inherit it."""
+    entry = _ENVS.pop(os.path.abspath(path), None)
+    if entry is not None:
+        entry[1].close()
 
 
 class OCRDataset(Dataset):
@@ -259,6 +271,7 @@ class OCRDataset(Dataset):
                 self.texts.append(text)
                 self.keys.append(rel)
                 self.widths.append(resized_width(w, h, IMAGE_HEIGHT, min_width, max_width))
+        close_lmdb(lmdb_path)  # read again lazily, by whichever process loads the items
         if not self.index:
             raise DataError(f"{annotation_file}: no usable samples (all unreadable or outside the vocabulary)")
 

@@ -44,17 +44,21 @@ MODEL_SIZES = ("full", "small")
 # VietOCR's pooling schedule, (kernel = stride) as (H, W) per pool, in order
 POOL_SIZES = ((2, 2), (2, 2), (2, 1), (2, 1), (1, 1))
 
-# "small": 4 VGG stages (32, 64, 128x2, 256x2 convs) and the same 5 pools, so T = W/2 at H = 32 as in
+# "small": 4 VGG stages (16, 32, 64x2, 128x2 convs) and the same 5 pools, so T = W/2 at H = 32 as in
 # "full". The last pool is (1, 1), an identity in both; it is kept so the schedule reads the same.
-SMALL_CNN_CFG = [32, "M", 64, "M", 128, 128, "M", 256, 256, "M", "M"]
+SMALL_CNN_CFG = [16, "M", 32, "M", 64, 64, "M", 128, 128, "M", "M"]
 
 SIZES: dict[str, dict] = {
     # VietOCR's vgg_transformer / vgg_seq2seq configs
     "full": dict(cnn_cfg=tv_vgg.cfgs["E"], d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
-                 dim_feedforward=2048, hidden=256),
-    # a CPU demo size: 2,146,793 (transformer) / 1,787,881 (seq2seq) parameters with 233 tokens
+                 dim_feedforward=2048, hidden=256, cnn_dropout=0.5, scale_src=True),
+    # a CPU size that learns from random init in minutes: 1,285,417 (transformer) / 926,505 (seq2seq)
+    # parameters with 233 tokens. Two measured departures besides the widths (docs/train_vietocr.md):
+    # no dropout on the CNN features (0.5 slowed learning from scratch: valid accuracy 0.235 vs 0.085
+    # after 1,500 steps) and the image sequence is not scaled by sqrt(d_model) before the positions are
+    # added (the scaling drowns the positional signal of a randomly initialised CNN).
     "small": dict(cnn_cfg=SMALL_CNN_CFG, d_model=128, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
-                  dim_feedforward=512, hidden=128),
+                  dim_feedforward=512, hidden=128, cnn_dropout=0.0, scale_src=False),
 }
 
 VGG19_BN_URL = VGG19_BN_Weights.IMAGENET1K_V1.url
@@ -210,13 +214,17 @@ class LanguageTransformer(nn.Module):
         dim_feedforward: hidden width of each layer's MLP.
         max_seq_length: positions of the sinusoidal table (the longest image sequence or text).
         pos_dropout / trans_dropout: dropout after the positions / inside the layers.
+        scale_src: multiply the image sequence by sqrt(d_model) before adding the positions (VietOCR).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, max_seq_length: int = 1024,
-                 pos_dropout: float = 0.1, trans_dropout: float = 0.1) -> None:
+                 pos_dropout: float = 0.1, trans_dropout: float = 0.1, scale_src: bool = True) -> None:
         super().__init__()
         self.d_model, self.nhead = d_model, nhead
+        # VietOCR multiplies the image sequence by sqrt(d_model) (like the token embeddings) before
+        # adding the positions; the small size switches this off (see SIZES)
+        self.src_scale = math.sqrt(d_model) if scale_src else 1.0
         self.embed_tgt = nn.Embedding(vocab_size, d_model)
         self.pos_enc = PositionalEncoding(d_model, pos_dropout, max_seq_length)
         # the encoder is passed in only to switch off nested tensors, a fast path for batch-first
@@ -239,7 +247,7 @@ class LanguageTransformer(nn.Module):
         return self.forward_decoder(tgt, self.forward_encoder(src), tgt_key_padding_mask)
 
     def forward_encoder(self, src: torch.Tensor) -> torch.Tensor:  # S, N, E -> memory S, N, E
-        x = self.pos_enc(src * math.sqrt(self.d_model))
+        x = self.pos_enc(src * self.src_scale)
         encoder = self.transformer.encoder
         if not self._checkpointing():
             return encoder(x)
@@ -481,12 +489,18 @@ class VietOCRModel(nn.Module):
         transformer: :class:`LanguageTransformer` or :class:`Seq2Seq` (VietOCR's attribute name for both).
         pretrained: whether ``cnn`` holds ImageNet weights; they then count as pretrained for
             ``--base-lr`` (``pretrained_prefixes``).
+        ctc_head: optional ``nn.Linear`` from the encoder output to the vocabulary, for the auxiliary
+            CTC loss of joint CTC-attention training (Kim, Hori & Watanabe, ICASSP 2017); used in
+            training only, decoding never reads it. Absent in VietOCR's models and checkpoints.
     """
 
-    def __init__(self, cnn: nn.Module, transformer: nn.Module, pretrained: bool = False) -> None:
+    def __init__(self, cnn: nn.Module, transformer: nn.Module, pretrained: bool = False,
+                 ctc_head: nn.Linear | None = None) -> None:
         super().__init__()
         self.cnn = cnn
         self.transformer = transformer
+        if ctc_head is not None:  # not registered at all otherwise, so VietOCR's state-dict keys stay exact
+            self.ctc_head = ctc_head
         self.pretrained_prefixes = ("cnn.model.features.",) if pretrained else ()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -495,19 +509,30 @@ class VietOCRModel(nn.Module):
             if hasattr(m, "grad_checkpointing"):
                 m.grad_checkpointing = enable
 
-    def forward(self, images: torch.Tensor, tgt_input: torch.Tensor,
-                tgt_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, tgt_input: torch.Tensor, tgt_padding_mask: torch.Tensor | None = None,
+                with_ctc: bool = False):
         """Teacher-forced training forward.
 
         images: (N, 3, 32, W) in [0, 1]; tgt_input: (N, T) ids starting with sos; tgt_padding_mask:
         (N, T) bool, True = pad. Returns logits (N, T, V). (VietOCR takes tgt as (T, N); batch-first here
-        like every other model of this project.)
+        like every other model of this project.) ``with_ctc`` also returns :meth:`ctc_log_probs` of the
+        same encoding, as ``(logits, ctc_log_probs)``; it goes through ``forward`` so DDP sees it.
         """
-        return self.transformer(self.cnn(images), tgt_input.transpose(0, 1), tgt_padding_mask)
+        if not with_ctc:
+            return self.transformer(self.cnn(images), tgt_input.transpose(0, 1), tgt_padding_mask)
+        memory = self.encode(images)
+        logits = self.transformer.forward_decoder(tgt_input.transpose(0, 1), memory, tgt_padding_mask)
+        return logits, self.ctc_log_probs(memory)
 
     def encode(self, images: torch.Tensor):
         """Images (N, 3, H, W) -> memory: (S, N, E) for the transformer, (hidden, outputs) for seq2seq."""
         return self.transformer.forward_encoder(self.cnn(images))
+
+    def ctc_log_probs(self, memory) -> torch.Tensor:
+        """Memory from :meth:`encode` -> float32 CTC log-probabilities (S, N, V) over the encoder
+        positions, in VietOCR's column-major reading order (blank = the pad id). Needs ``ctc_head``."""
+        seq = memory[1] if isinstance(memory, tuple) else memory  # seq2seq: the GRU outputs (S, N, 2H)
+        return self.ctc_head(seq).float().log_softmax(-1)
 
     @torch.no_grad()
     def greedy_decode(self, images: torch.Tensor, *, sos_id: int, eos_id: int, pad_id: int,
@@ -695,12 +720,14 @@ def decode_batch(model: VietOCRModel, images: torch.Tensor, sos_id: int, eos_id:
 
 
 def build_vietocr(arch: str, vocab_size: int, model_size: str = "full", pretrained: bool = False,
-                  pretrained_weights: str | None = None, grad_checkpointing: bool = False) -> VietOCRModel:
+                  pretrained_weights: str | None = None, grad_checkpointing: bool = False,
+                  ctc_head: bool = False) -> VietOCRModel:
     """Build ``vgg_transformer`` or ``vgg_seq2seq`` at ``model_size`` "full" (VietOCR's; 37,650,217 /
-    22,371,113 parameters with 233 tokens) or "small" (2,146,793 / 1,787,881).
+    22,371,113 parameters with 233 tokens) or "small" (1,285,417 / 926,505).
 
     ``pretrained`` loads torchvision's ImageNet VGG19-bn into the CNN (full size only); a
     ``pretrained_weights`` file is used instead of the download and implies ``pretrained``.
+    ``ctc_head`` adds the training-only linear CTC head (``E * V + V`` more parameters).
     """
     if arch not in VIETOCR_ARCHS:
         raise DataError(f"unknown --arch {arch!r}; choose from: {', '.join(VIETOCR_ARCHS)}")
@@ -711,14 +738,17 @@ def build_vietocr(arch: str, vocab_size: int, model_size: str = "full", pretrain
         raise DataError("pretrained VGG19-bn weights exist only for --model-size full")
     cfg = SIZES[model_size]
     d = cfg["d_model"]
-    backbone = VGGBackbone(cfg["cnn_cfg"], d)
+    backbone = VGGBackbone(cfg["cnn_cfg"], d, cfg["cnn_dropout"])
     if pretrained:
         load_vgg19_bn_features(backbone.features, pretrained_weights)
     if arch == "vgg_transformer":
         seq = LanguageTransformer(vocab_size, d, cfg["nhead"], cfg["num_encoder_layers"], cfg["num_decoder_layers"],
-                                  cfg["dim_feedforward"])
+                                  cfg["dim_feedforward"], scale_src=cfg["scale_src"])
+        memory_dim = d
     else:
         seq = Seq2Seq(vocab_size, cfg["hidden"], cfg["hidden"], d, cfg["hidden"])
-    model = VietOCRModel(CNN(backbone), seq, pretrained=pretrained)
+        memory_dim = 2 * cfg["hidden"]  # bidirectional GRU outputs
+    head = nn.Linear(memory_dim, vocab_size) if ctc_head else None
+    model = VietOCRModel(CNN(backbone), seq, pretrained=pretrained, ctc_head=head)
     model.set_grad_checkpointing(grad_checkpointing)
     return model

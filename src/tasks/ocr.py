@@ -33,9 +33,11 @@ from src.training.run_dir import prepare_run_dir, setup_logging, write_config
 
 log = logging.getLogger("src")
 
-# --demo: the small model (VietOCR's full model trains at ~4 lines/s on a 2-core CPU) and a
-# schedule that reaches a low CER on the generated lines in a few CPU minutes
-DEMO_DEFAULTS = dict(model_size="small", epochs=12, batch_size=32, lr=2e-3, num_workers=2, patience=0)
+# --demo: the small model (VietOCR's full model trains at ~4 lines/s on a 2-core CPU), an auxiliary
+# CTC loss and a schedule that reach a low CER on the generated lines from random init in a few CPU
+# minutes (the search behind these values: docs/train_vietocr.md, "Why the demo trains like this")
+DEMO_DEFAULTS = dict(model_size="small", ctc_weight=1.0, label_smoothing=0.0, augment=False, epochs=10,
+                     batch_size=8, lr=1e-3, pct_start=0.04, num_workers=1, patience=0)
 
 
 class OCRTask:
@@ -46,9 +48,9 @@ class OCRTask:
     mode = "min"
 
     def __init__(self, vocab: Vocab, model_config: dict, label_smoothing: float = 0.1, masked_lm: float = 0.0,
-                 beam_size: int = 1, max_decode_len: int = 128, fps_width: int = 160) -> None:
+                 beam_size: int = 1, max_decode_len: int = 128, fps_width: int = 160, ctc_weight: float = 0.0) -> None:
         self.vocab, self.model_config = vocab, model_config
-        self.label_smoothing, self.masked_lm = label_smoothing, masked_lm
+        self.label_smoothing, self.masked_lm, self.ctc_weight = label_smoothing, masked_lm, ctc_weight
         self.beam_size, self.max_decode_len = beam_size, max_decode_len
         self.fps_image_size = [IMAGE_HEIGHT, fps_width]
         self.warnings = DataWarnings()
@@ -68,8 +70,24 @@ class OCRTask:
             # must read them from the image instead of guessing from the text so far
             hit = (torch.rand(tgt_in.shape, device=tgt_in.device) < self.masked_lm) & (tgt_in > MASK)
             tgt_in = tgt_in.masked_fill(hit, MASK)
-        logits = model(batch["image"], tgt_in, batch["tgt_padding_mask"])
-        return self.loss(logits, batch["tgt_output"]), int(batch["image"].shape[0])
+        if self.ctc_weight <= 0:
+            logits = model(batch["image"], tgt_in, batch["tgt_padding_mask"])
+            return self.loss(logits, batch["tgt_output"]), int(batch["image"].shape[0])
+        logits, ctc_log_probs = model(batch["image"], tgt_in, batch["tgt_padding_mask"], with_ctc=True)
+        return (self.loss(logits, batch["tgt_output"]) + self.ctc_weight * self.ctc_loss(ctc_log_probs, batch),
+                int(batch["image"].shape[0]))
+
+    @staticmethod
+    def ctc_loss(log_probs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Auxiliary CTC loss on the encoder positions, log_probs (S, N, V) (joint CTC-attention,
+        Kim, Hori & Watanabe 2017): it gives the CNN a per-position reading signal from the first
+        steps, which the attention decoder alone takes thousands of steps to provide when the CNN
+        starts from random init."""
+        chars = batch["tgt_output"] > MASK                              # text only: no sos/eos/pad
+        # every line of a batch has the same width (the width-bucketing sampler), so all S positions
+        input_lengths = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
+        return F.ctc_loss(log_probs, batch["tgt_output"][chars], input_lengths, chars.sum(1), blank=PAD,
+                          zero_infinity=True)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader, device: torch.device, split: str) -> dict[str, float]:
@@ -128,7 +146,7 @@ def load_for_inference(weights: str, device: torch.device, quantize: str = "none
     if ckpt.get("task") != OCRTask.name or "arch" not in cfg:
         raise cli.DataError(f"{weights}: not an OCR checkpoint of this project")
     vocab = Vocab(cfg["vocab"])
-    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"])
+    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False))
     model.load_state_dict(ckpt["model"])
     model = model.to(device).eval()
     if quantize == "int8":
@@ -222,6 +240,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cli.add_flag(m, "--grad-checkpointing", action="store_true",
                  help="recompute activations in backward (less memory, ~30%% slower)")
     cli.add_flag(m, "--label-smoothing", type=float, default=0.1)
+    cli.add_flag(m, "--ctc-weight", type=float, default=0.0,
+                 help="weight of an auxiliary CTC loss on the encoder (adds a training-only head; "
+                      "0 = VietOCR's training); speeds up learning from random init")
     cli.add_flag(m, "--beam-size", type=int, default=1, help="1 = batched greedy with KV cache")
     cli.add_flag(m, "--max-decode-len", type=int, default=128)
     cli.add_training_args(p)
@@ -311,12 +332,15 @@ def main(argv: Sequence[str] | None = None,
         setup_logging(None, dist.is_main)
         name = args.model_name or (args.arch if args.model_size == "full" else f"{args.arch}_{args.model_size}")
         model_config = {"arch": args.arch, "model_size": args.model_size, "model_name": name, "vocab": vocab.chars,
-                        "image_min_width": args.image_min_width, "image_max_width": args.image_max_width}
-        task = OCRTask(vocab, model_config, args.label_smoothing, args.masked_lm, args.beam_size, args.max_decode_len)
+                        "image_min_width": args.image_min_width, "image_max_width": args.image_max_width,
+                        "ctc_head": args.ctc_weight > 0}
+        task = OCRTask(vocab, model_config, args.label_smoothing, args.masked_lm, args.beam_size, args.max_decode_len,
+                       ctc_weight=args.ctc_weight)
         loaders = build_data(args, dist, vocab, task.warnings)
         seed_everything(args.seed)
         model = build_vietocr(args.arch, len(vocab), args.model_size, args.pretrained or bool(args.pretrained_weights),
-                              args.pretrained_weights, grad_checkpointing=args.grad_checkpointing)
+                              args.pretrained_weights, grad_checkpointing=args.grad_checkpointing,
+                              ctc_head=args.ctc_weight > 0)
         run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)
         setup_logging(run_dir, dist.is_main)
         record = dict(vars(args))

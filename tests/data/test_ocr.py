@@ -119,3 +119,19 @@ def test_train_and_valid_may_share_one_annotation_file(tmp_path):
     train = OCRDataset(path, v, ann, DataWarnings(), augment=True)
     valid = OCRDataset(path, v, ann, DataWarnings())
     assert [train[i]["text"] for i in range(2)] == [valid[i]["text"] for i in range(2)] == ["một", "hai"]
+
+
+def test_dataloader_workers_read_after_the_parent_has_read(tmp_path):
+    """DataLoader workers are forked from a process that has read the cache (building the datasets,
+    or items read in the main process): each worker still opens and reads it (LMDB refuses a second
+    handle on a folder in one process, and an inherited one)."""
+    from torch.utils.data import DataLoader
+
+    ann = make_set(tmp_path, [(f"{i}.png", f"dòng {i}") for i in range(6)])
+    path = build_lmdb(ann, str(tmp_path), str(tmp_path / "c"))
+    ds = OCRDataset(path, Vocab(VIETOCR_VOCAB), ann, DataWarnings())
+    assert ds[0]["text"] == "dòng 0"  # the parent now holds a handle that the workers inherit
+    for _ in range(2):  # a new set of workers per epoch
+        loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate_lines,
+                            multiprocessing_context="fork")
+        assert [t for b in loader for t in b["text"]] == [f"dòng {i}" for i in range(6)]
