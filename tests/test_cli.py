@@ -34,3 +34,16 @@ def test_explicit_args_ignores_set_defaults():
     assert cli.explicit_args(parser, ["--resume", "x"]) == {"resume": "x"}
     cli.parse_with_demo_defaults(parser, ["--demo"], {"epochs": 5})
     assert cli.explicit_args(parser, ["--demo", "--lr", "0.1"]) == {"demo": True, "lr": 0.1}
+
+
+def test_ocr_demo_defaults_and_typed_flags_win():
+    from src.tasks.ocr import build_parser, parse_args
+
+    demo = parse_args(build_parser(""), ["--demo"])
+    assert (demo.model_size, demo.ctc_weight, demo.batch_size, demo.epochs, demo.augment) == ("small", 1.0, 8, 8, False)
+    assert demo.base_lr == demo.head_lr == 1e-3 and demo.label_smoothing == 0.0
+    typed = parse_args(build_parser(""), ["--demo", "--lr", "5e-4", "--model-size", "full", "--ctc-weight", "0"])
+    assert (typed.model_size, typed.ctc_weight, typed.base_lr, typed.batch_size) == ("full", 0.0, 5e-4, 8)
+    plain = parse_args(build_parser(""), [])  # VietOCR's training without --demo
+    assert (plain.model_size, plain.ctc_weight, plain.label_smoothing, plain.base_lr, plain.batch_size) == \
+        ("full", 0.0, 0.1, 3e-4, 32)

@@ -36,8 +36,8 @@ log = logging.getLogger("src")
 # --demo: the small model (VietOCR's full model trains at ~4 lines/s on a 2-core CPU), an auxiliary
 # CTC loss and a schedule that reach a low CER on the generated lines from random init in a few CPU
 # minutes (the search behind these values: docs/train_vietocr.md, "Why the demo trains like this")
-DEMO_DEFAULTS = dict(model_size="small", ctc_weight=1.0, label_smoothing=0.0, augment=False, epochs=10,
-                     batch_size=8, lr=1e-3, pct_start=0.04, num_workers=1, patience=0)
+DEMO_DEFAULTS = dict(model_size="small", ctc_weight=1.0, label_smoothing=0.0, augment=False, epochs=8,
+                     batch_size=8, lr=1e-3, pct_start=0.04, max_decode_len=64, num_workers=1, patience=0)
 
 
 class OCRTask:

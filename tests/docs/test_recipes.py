@@ -1,5 +1,5 @@
-"""Every ``python train_...`` command block in the classification docs runs as written, with small-run
-flags appended (and ``--pretrained`` pointed at a local weights file: nothing downloads in CI)."""
+"""Every ``python train_...`` command block in the docs runs as written, with small-run flags appended
+(and ``--pretrained`` pointed at a local weights file: nothing downloads in CI)."""
 import re
 import shlex
 
@@ -8,8 +8,13 @@ import torch
 
 from tests.conftest import REPO, run_script
 
-PAGES = ["docs/train_MobileNetV3_Small_BoT_Linear.md", "docs/train_ResNet18_Hybrid.md"]
-APPEND = ["--demo", "--epochs", "1", "--train-limit", "64", "--valid-limit", "32", "--image-size", "64"]
+SMALL_RUN = ["--demo", "--epochs", "1", "--train-limit", "64", "--valid-limit", "32"]
+# page -> flags appended to each of its commands (--demo replaces the recipe's data paths)
+PAGES = {
+    "docs/train_MobileNetV3_Small_BoT_Linear.md": SMALL_RUN + ["--image-size", "64"],
+    "docs/train_ResNet18_Hybrid.md": SMALL_RUN + ["--image-size", "64"],
+    "docs/train_vietocr.md": SMALL_RUN + ["--max-decode-len", "24", "--num-workers", "0"],
+}
 TIMM_NAMES = {"train_MobileNetV3_Small_BoT_Linear.py": "mobilenetv3_small_100", "train_ResNet18_Hybrid.py": "resnet18"}
 
 
@@ -22,12 +27,13 @@ def commands():
             for line in joined.splitlines():
                 words = shlex.split(line)
                 if words and words[0] == "python" and len(words) > 1 and words[1].startswith("train_"):
-                    out.append(pytest.param(words[1:], id=f"{page.split('/')[-1]}:{' '.join(words[2:])[:60]}"))
+                    out.append(pytest.param(page, words[1:], id=f"{page.split('/')[-1]}:{' '.join(words[2:])[:60]}"))
     return out
 
 
 def test_docs_have_recipes():
-    assert len(commands()) >= 10
+    pages = [p.values[0] for p in commands()]
+    assert all(pages.count(page) >= 5 for page in PAGES), pages
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +48,27 @@ def local_weights(tmp_path_factory):
     return paths
 
 
-@pytest.mark.parametrize("words", commands())
-def test_recipe_runs(words, demo_workdir, local_weights, tmp_path):
+@pytest.fixture(scope="module")
+def vgg19_bn_features(tmp_path_factory):
+    """torchvision's vgg19_bn ``features`` state dict (random weights; the layout --pretrained-weights
+    takes), without allocating the 123M-parameter classifier."""
+    from torchvision.models import vgg
+
+    path = tmp_path_factory.mktemp("weights") / "vgg19_bn_features.pth"
+    torch.save(vgg.make_layers(vgg.cfgs["E"], batch_norm=True).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("page,words", commands())
+def test_recipe_runs(page, words, demo_workdir, request, tmp_path):
     script, args = words[0], words[1:]
     if "--predict" in args or "--resume" in args:
-        pytest.skip("needs a finished run; covered in tests/tasks/test_classification.py")
-    extra = APPEND + ["--results-dir", str(tmp_path)]
+        pytest.skip("needs a finished run; covered in tests/tasks")
+    extra = PAGES[page] + ["--results-dir", str(tmp_path)]
     if "--pretrained" in args:
-        extra += ["--pretrained-weights", str(local_weights[script])]
+        if script == "train_vietocr.py":  # VGG19-bn weights exist for VietOCR's full size only
+            extra += ["--pretrained-weights", str(request.getfixturevalue("vgg19_bn_features")), "--model-size", "full"]
+        else:
+            extra += ["--pretrained-weights", str(request.getfixturevalue("local_weights")[script])]
     run_script(script, args + extra, demo_workdir)
     assert len(list(tmp_path.glob("*/metrics.json"))) == 1
