@@ -76,12 +76,11 @@ from src.cli import DataError  # noqa: E402
 from src.training.perf import round_robin as perf_round_robin  # noqa: E402
 from src.data.demo_ocr import ensure_demo_ocr  # noqa: E402
 from src.data.images import BadImage, load_rgb  # noqa: E402
-from src.data.ocr import (EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, WidthBucketBatchSampler,  # noqa: E402
-                          read_annotations, resized_width)
+from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, line_tensor, read_annotations  # noqa: E402
 from src.metrics.ocr import ocr_metrics  # noqa: E402
 from src.models.vietocr import (MODEL_SIZES, SIZES, VIETOCR_ARCHS, LanguageTransformer, VietOCRModel,  # noqa: E402
                                 build_vietocr)
-from src.tasks.ocr import load_for_inference, quantize_int8  # noqa: E402
+from src.tasks.ocr import decode_images, load_for_inference, quantize_int8  # noqa: E402
 from src.training import distributed as D  # noqa: E402
 
 EOS_BIAS = -1e4  # the eos logit's bias in the timed copy (set, not added)
@@ -187,26 +186,6 @@ def _read(root: str, ann: str, limit: int) -> tuple[list[Image.Image], list[str]
     return images, texts
 
 
-def to_tensor(img: Image.Image, width: int) -> torch.Tensor:
-    img = img.convert("RGB").resize((width, IMAGE_HEIGHT), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-
-
-@torch.no_grad()
-def decode_lines(model: VietOCRModel, images: list[Image.Image], batch_size: int, max_len: int,
-                 min_width: int, max_width: int) -> list[list[int]]:
-    """Greedy token ids per image (up to, not including, eos), in input order: VietOCR's resize rule and
-    width buckets, as ``src.tasks.ocr.recognize``; the model on the CPU."""
-    widths = [resized_width(im.width, im.height, IMAGE_HEIGHT, min_width, max_width) for im in images]
-    out: list[list[int]] = [[] for _ in images]
-    for idx in WidthBucketBatchSampler(widths, batch_size, shuffle=False):
-        x = torch.stack([to_tensor(images[i], widths[i]) for i in idx])
-        ids = model.greedy_decode(x, max_len=max_len, **SPECIALS).tokens.tolist()
-        for i, row in zip(idx, ids):
-            out[i] = row[:row.index(EOS)] if EOS in row else row
-    return out
-
-
 def token_error_rate(refs: list[list[int]], hyps: list[list[int]]) -> float:
     total = sum(len(r) for r in refs)
     return sum(Levenshtein.distance(r, h) for r, h in zip(refs, hyps)) / max(total, 1)
@@ -308,7 +287,9 @@ def bench_int8(forced, trained, vocab, lines, x_cpu, args, model_cfg) -> None:
         pair, max_len = models, t
         what = (f"RANDOM-INIT model (no --weights): agreement of int8 with fp32 only, {len(images)} lines, "
                 f"eos suppressed, {max_len} tokens each; not an accuracy figure")
-    ids = {k: decode_lines(m, images, args.batch_size, max_len, min_w, max_w) for k, m in pair.items()}
+    ids = {k: [row[:row.index(EOS)] if EOS in row else row
+               for row, _ in decode_images(m, images, cpu, args.batch_size, 1, max_len, min_w, max_w)]
+           for k, m in pair.items()}
     same = sum(a == b for a, b in zip(ids["fp32"], ids["int8"]))
     print(f"### int8 accuracy effect: {what}\n")
     if trained is not None:
@@ -432,7 +413,7 @@ def run(args) -> int:
     lines = load_lines(args)
     where, images, _ = lines
     picks = [images[i % len(images)] for i in range(args.batch_size)]
-    x_cpu = torch.stack([to_tensor(im, args.width) for im in picks])
+    x_cpu = torch.stack([line_tensor(im, args.width) for im in picks]).float().div_(255)
     x = x_cpu.to(device)
     print(f"  data ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 

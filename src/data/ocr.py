@@ -102,6 +102,15 @@ def resized_width(w: int, h: int, height: int = IMAGE_HEIGHT, min_width: int = 3
     return min(max(new_w, min_width), max_width)
 
 
+def line_tensor(img: Image.Image, width: int) -> torch.Tensor:
+    """A text-line image resized to ``width`` x 32 (VietOCR's rule gives ``width``), as a uint8 tensor
+    (3, 32, width); training, :func:`src.tasks.ocr.recognize` and the benchmark all use it."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    img = img.resize((width, IMAGE_HEIGHT), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 @dataclass
 class AnnotationLine:
     path: str      # as written in the file (relative to the data root)
@@ -288,8 +297,7 @@ class OCRDataset(Dataset):
             img = decode_rgb(data, self.keys[i])
         except BadImage as exc:  # cannot happen for a cache we built, but a cache can be damaged
             return {"bad": (self.keys[i], exc.reason)}
-        img = img.resize((self.widths[i], IMAGE_HEIGHT), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = line_tensor(img, self.widths[i])
         if self.augment is not None:
             x = self.augment(x)
         return {"image": x.float().div_(255), "target": self.vocab.encode(self.texts[i]), "text": self.texts[i],

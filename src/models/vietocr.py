@@ -519,15 +519,18 @@ class VietOCRModel(nn.Module):
         like every other model of this project.) ``with_ctc`` also returns :meth:`ctc_log_probs` of the
         same encoding, as ``(logits, ctc_log_probs)``; it goes through ``forward`` so DDP sees it.
         """
-        if not with_ctc:
-            return self.transformer(self.cnn(images), tgt_input.transpose(0, 1), tgt_padding_mask)
         memory = self.encode(images)
-        logits = self.transformer.forward_decoder(tgt_input.transpose(0, 1), memory, tgt_padding_mask)
-        return logits, self.ctc_log_probs(memory)
+        logits = self.teacher_forced(memory, tgt_input, tgt_padding_mask)
+        return (logits, self.ctc_log_probs(memory)) if with_ctc else logits
 
     def encode(self, images: torch.Tensor):
         """Images (N, 3, H, W) -> memory: (S, N, E) for the transformer, (hidden, outputs) for seq2seq."""
         return self.transformer.forward_encoder(self.cnn(images))
+
+    def teacher_forced(self, memory, tgt_input: torch.Tensor,
+                       tgt_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, T, V) of the whole batch-first prefix ``tgt_input`` (N, T) given :meth:`encode`'s memory."""
+        return self.transformer.forward_decoder(tgt_input.transpose(0, 1), memory, tgt_padding_mask)
 
     def ctc_log_probs(self, memory) -> torch.Tensor:
         """Memory from :meth:`encode` -> float32 CTC log-probabilities (S, N, V) over the encoder

@@ -22,7 +22,7 @@ from src.data.demo_ocr import ensure_demo_ocr
 from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings, make_loader
 from src.data.ocr import (EOS, IMAGE_HEIGHT, MASK, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab,
-                          WidthBucketBatchSampler, build_lmdb, collate_lines, resized_width)
+                          WidthBucketBatchSampler, build_lmdb, collate_lines, line_tensor, resized_width)
 from src.metrics.ocr import OCRMeter
 from src.models.vietocr import VIETOCR_ARCHS, build_vietocr, decode_batch
 from src.training import distributed as D
@@ -101,7 +101,7 @@ class OCRTask:
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
             # the images are encoded once, for both the teacher-forced loss and the decoding
             memory = model.encode(batch["image"])
-            logits = model.transformer.forward_decoder(batch["tgt_input"].T, memory, batch["tgt_padding_mask"])
+            logits = model.teacher_forced(memory, batch["tgt_input"], batch["tgt_padding_mask"])
             n_tok = int((batch["tgt_output"] != PAD).sum())
             loss_sum += float(self.loss(logits, batch["tgt_output"])) * n_tok
             tokens += n_tok
@@ -161,29 +161,31 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], device: torch.device,
-              batch_size: int = 32, beam_size: int = 1, max_len: int = 128, min_width: int = 32,
-              max_width: int = 512) -> list[tuple[str, float]]:
-    """Text and confidence for each PIL image, in input order.
+def decode_images(model: nn.Module, images: Sequence[Image.Image], device: torch.device, batch_size: int = 32,
+                  beam_size: int = 1, max_len: int = 128, min_width: int = 32,
+                  max_width: int = 512) -> list[tuple[list[int], float]]:
+    """Decoded token ids (as :func:`decode_batch` returns them) and confidence for each PIL image, in
+    input order.
 
     Images are resized with VietOCR's rule and grouped by resized width, so each batch needs no
     padding and the decoder runs on full batches.
     """
     widths = [resized_width(im.width, im.height, IMAGE_HEIGHT, min_width, max_width) for im in images]
-    sampler = WidthBucketBatchSampler(widths, batch_size, shuffle=False)
-    out: list[tuple[str, float] | None] = [None] * len(images)
-    for idx in sampler:
-        x = torch.stack([_to_tensor(images[i].convert("RGB").resize((widths[i], IMAGE_HEIGHT), Image.BILINEAR))
-                         for i in idx]).to(device)
+    out: list[tuple[list[int], float] | None] = [None] * len(images)
+    for idx in WidthBucketBatchSampler(widths, batch_size, shuffle=False):
+        x = torch.stack([line_tensor(images[i], widths[i]) for i in idx]).to(device).float().div_(255)
         ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
         for i, row, c in zip(idx, ids.tolist(), conf.tolist()):
-            out[i] = (vocab.decode(row), float(c))
+            out[i] = (row, float(c))
     return out  # type: ignore[return-value]
 
 
-def _to_tensor(img: Image.Image) -> torch.Tensor:
-    import numpy as np
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], device: torch.device,
+              batch_size: int = 32, beam_size: int = 1, max_len: int = 128, min_width: int = 32,
+              max_width: int = 512) -> list[tuple[str, float]]:
+    """Text and confidence for each PIL image, in input order (batched by width: :func:`decode_images`)."""
+    return [(vocab.decode(row), conf) for row, conf in
+            decode_images(model, images, device, batch_size, beam_size, max_len, min_width, max_width)]
 
 
 def predict_main(args) -> int:
@@ -292,10 +294,10 @@ def build_data(args, dist: D.DistInfo, vocab: Vocab, warnings: DataWarnings):
         ann = getattr(args, f"{split}_annotation")
         if not ann:
             continue
-        if dist.is_main:
-            build_lmdb(ann, args.data_root, cache)
+        # rank 0 builds; the others wait, then find it (build_lmdb returns an existing cache's path)
+        path = build_lmdb(ann, args.data_root, cache) if dist.is_main else None
         D.barrier()
-        ds = OCRDataset(build_lmdb(ann, args.data_root, cache), vocab, ann, warnings, args.image_min_width,
+        ds = OCRDataset(path or build_lmdb(ann, args.data_root, cache), vocab, ann, warnings, args.image_min_width,
                         args.image_max_width, augment=args.augment and split == "train",
                         unknown_char=args.unknown_char)
         limit = args.train_limit if split == "train" else args.valid_limit
@@ -340,7 +342,7 @@ def main(argv: Sequence[str] | None = None,
         seed_everything(args.seed)
         model = build_vietocr(args.arch, len(vocab), args.model_size, args.pretrained or bool(args.pretrained_weights),
                               args.pretrained_weights, grad_checkpointing=args.grad_checkpointing,
-                              ctc_head=args.ctc_weight > 0)
+                              ctc_head=model_config["ctc_head"])
         run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)
         setup_logging(run_dir, dist.is_main)
         record = dict(vars(args))
