@@ -14,13 +14,12 @@ there as baselines for comparison tables.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
 from src.cli import DataError
 from src.models.layers.attention import BoTBlock, CABlock, ECA
+from src.models.timm_features import create_timm_features
 
 BACKBONES = {"MobileNetV3_Small": "mobilenetv3_small_100", "ResNet18": "resnet18"}
 
@@ -51,32 +50,6 @@ def make_block(kind: str, channels: int, heads: int, reduction: int) -> nn.Modul
     if kind == "eca":
         return ECA()
     raise ValueError(f"unknown block {kind!r}")
-
-
-def create_timm_features(timm_name: str, pretrained: bool = False,
-                         pretrained_weights: str | None = None) -> nn.Module:
-    """timm backbone that returns only its last feature map (``features_only``), so heads that the
-    model never runs are not built. Pretrained weights go through timm's own loading path: from the
-    hub, or from a local file via ``pretrained_cfg_overlay=dict(file=...)``."""
-    import timm
-
-    kwargs = dict(features_only=True, out_indices=(-1,))
-    if pretrained_weights:
-        if not os.path.isfile(pretrained_weights):
-            raise DataError(f"--pretrained-weights: file not found: {pretrained_weights}")
-        return timm.create_model(timm_name, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained_weights)),
-                                 **kwargs)
-    if not pretrained:
-        return timm.create_model(timm_name, pretrained=False, **kwargs)
-    try:
-        return timm.create_model(timm_name, pretrained=True, **kwargs)
-    except Exception as exc:  # huggingface_hub raises several unrelated types when offline
-        raise DataError(
-            f"could not load pretrained weights for timm model '{timm_name}' ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Without internet, download "
-            f"them elsewhere and pass --pretrained-weights PATH (.safetensors/.pth state dict)"
-        ) from None
 
 
 class AttentionClassifier(nn.Module):

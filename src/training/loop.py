@@ -6,6 +6,7 @@ early stopping, atomic checkpoints, resume, seeding, DDP, progress and the run d
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -83,6 +84,9 @@ class TrainConfig:
     show_plot: bool = False
     fps_batch_size: int = 16
     fps_min_time_s: float = 1.0
+    # per-epoch validation on the first N batches (int) or fraction (float <= 1) of the loader
+    # (Lightning's limit_val_batches); the final metrics always use the whole split
+    limit_val_batches: float | int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -170,11 +174,12 @@ def _move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
 def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: DataLoader, cfg: TrainConfig,
         run_dir: str, device: torch.device, dist: D.DistInfo = D.DistInfo(),
         test_loader: DataLoader | None = None, resume_from: str | None = None,
-        args_record: dict | None = None) -> dict[str, Any]:
+        args_record: dict | None = None, extra_test_loaders: dict[str, DataLoader] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``task`` and write the run directory. Returns ``metrics.json``'s content.
 
     ``run_dir`` must exist (see :func:`src.training.run_dir.create_run_dir`); only rank 0 writes.
-    ``resume_from`` is a ``last.pt`` to continue from (same run dir).
+    ``resume_from`` is a ``last.pt`` to continue from (same run dir). ``extra_test_loaders`` are
+    more held-out splits evaluated once at the end, reported as ``<name>_<metric>``.
     """
     set_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
@@ -227,7 +232,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         stats = _train_one_epoch(train_model, task, train_loader, optimizer, scheduler, scaler, autocast,
                                  cfg, device, dist, epoch)
         with autocast():
-            valid = task.evaluate(eval_model, valid_loader, device, "valid")
+            valid = task.evaluate(eval_model, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid")
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         row = {"train_loss": stats["loss"], **{f"valid_{k}": v for k, v in valid.items()},
@@ -262,7 +267,9 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
                      task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
     epochs_run = len(history.get("train_loss", []))
     D.barrier()
-    return _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, stopper, history,
+    tests = {"test": test_loader} if test_loader is not None else {}
+    tests.update(extra_test_loaders or {})
+    return _finish(model, task, valid_loader, tests, cfg, run_dir, device, dist, stopper, history,
                    epochs_run, stopped_early, train_time, autocast, amp_dtype)
 
 
@@ -335,7 +342,28 @@ def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast
             "samples_per_s": n_total / max(elapsed, 1e-9), "data_time": data_time, "bad_steps": int(bad_total)}
 
 
-def _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, stopper, history, epochs_run,
+class _Limited:
+    """The first ``n`` batches of a loader (iterable with a length)."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def limit_batches(loader, limit: float | int | None):
+    """``loader`` cut to ``limit`` batches (int) or to that fraction of its batches (float <= 1)."""
+    if limit is None:
+        return loader
+    n = int(limit) if isinstance(limit, int) or limit > 1 else max(1, math.ceil(limit * len(loader)))
+    return loader if n >= len(loader) else _Limited(loader, n)
+
+
+def _finish(model, task, valid_loader, test_loaders, cfg, run_dir, device, dist, stopper, history, epochs_run,
             stopped_early, train_time, autocast, amp_dtype) -> dict[str, Any]:
     """Reload the best weights, re-evaluate, measure, write ``metrics.json`` and the plots."""
     best_path = os.path.join(run_dir, "best_model.pt")
@@ -343,8 +371,8 @@ def _finish(model, task, valid_loader, test_loader, cfg, run_dir, device, dist, 
         model.load_state_dict(load_checkpoint(best_path)["model"])
     with autocast():
         final = {f"valid_{k}": v for k, v in task.evaluate(model, valid_loader, device, "valid").items()}
-        if test_loader is not None:
-            final.update({f"test_{k}": v for k, v in task.evaluate(model, test_loader, device, "test").items()})
+        for name, loader in test_loaders.items():
+            final.update({f"{name}_{k}": v for k, v in task.evaluate(model, loader, device, name).items()})
     merged = DataWarnings()
     for state in D.all_gather_objects(task.warnings.state()):
         merged.load_state(state)

@@ -70,3 +70,42 @@ def plot_text_samples(samples, path: str, title: str = "validation lines (best c
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def draw_grounding(image, phrases: list[str], boxes, scores=None, true_boxes=None):
+    """PIL image with one colour per phrase: predicted boxes (solid, with the phrase and score) and,
+    when given, true boxes (thin). ``boxes[p]`` / ``true_boxes[p]``: lists of xyxy pixel boxes."""
+    from PIL import ImageDraw
+
+    image = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(image)
+    for p, phrase in enumerate(phrases):
+        colour = PALETTE[p % len(PALETTE)]
+        for box in (true_boxes[p] if true_boxes is not None else []):
+            draw.rectangle([float(v) for v in box], outline=colour, width=1)
+        for j, box in enumerate(boxes[p]):
+            box = [float(v) for v in box]
+            draw.rectangle(box, outline=colour, width=2)
+            label = phrase if scores is None else f"{phrase} {float(scores[p][j]):.2f}"
+            draw.text((box[0] + 2, max(0.0, box[1] - 11)), label, fill=colour)
+    return image
+
+
+def plot_grounding_samples(samples, path: str, title: str = "validation (best checkpoint): "
+                                                            "thick = top-1 prediction, thin = truth") -> None:
+    """Grid of PIL images already drawn by :func:`draw_grounding`, each titled with its caption."""
+    cols = min(4, len(samples))
+    rows = (len(samples) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.flat, samples):
+        ax.imshow(image)
+        ax.set_title(caption if len(caption) < 60 else caption[:57] + "...", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,123 @@
+"""train_ovd.py end to end, as a user runs it (subprocesses on a small demo set in the Flickr30k
+Entities layout): run directory, metrics, predict, resume, bad input."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import kill_during_epoch_2, read_json, run_dirs, run_script
+
+OVD = "train_ovd.py"
+RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
+             "last.pt", "sample_predictions.png"}
+SCORES = ("recall@1", "recall@5", "recall@10", "baseline_recall@1", "map", "map50")
+TIMING = {"fps", "latency_ms", "train_time_s", "epoch_time_s", "data_time_s", "samples_per_s", "fps_device"}
+# tiny widths: the tests check behaviour, not accuracy
+QUICK = ["--image-encoder", "resnet18", "--feature-index", "2", "--image-size", "64", "--out-dim", "32",
+         "--text-layers", "1", "--decoder-layers", "2", "--num-queries", "8", "--buckets", "1024",
+         "--batch-size", "8", "--num-workers", "0", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="session")
+def ovd_root(tmp_path_factory):
+    from src.data.demo_ovd import ensure_demo_ovd
+
+    return ensure_demo_ovd(str(tmp_path_factory.mktemp("ovd") / "data"),
+                           splits={"train": 24, "val": 8, "test": 6, "test_novel": 6})
+
+
+def test_run_directory_metrics_and_predict(ovd_root, tmp_path):
+    args = ["--data-root", ovd_root, "--test-splits", "test", "test_novel", "--epochs", "2", *QUICK,
+            "--results-dir", str(tmp_path / "res")]
+    run_script(OVD, args, tmp_path)
+    (run,) = run_dirs(tmp_path / "res")
+    assert run.name.startswith("ovd_resnet18_")
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    metrics, history = read_json(run / "metrics.json"), read_json(run / "history.json")
+    for split in ("valid", "test", "test_novel"):
+        for k in SCORES:
+            assert 0.0 <= metrics[f"{split}_{k}"] <= 1.0, (split, k)
+        assert metrics[f"{split}_recall@1"] <= metrics[f"{split}_recall@5"] <= metrics[f"{split}_recall@10"]
+    assert metrics["task"] == "ovd" and metrics["epochs_run"] == 2 and metrics["fps_image_size"] == [64, 64]
+    # the demo's scene phrases have no box: counted, as Flickr30k Entities' are
+    assert set(metrics["data_warnings"]) <= {"no_box"}
+    best = metrics["best_epoch"]
+    assert history["valid_recall@1"][best - 1] == max(history["valid_recall@1"])
+    assert metrics["valid_recall@1"] == pytest.approx(history["valid_recall@1"][best - 1], abs=1e-9)
+    assert all(v == v for v in history["valid_loss"])
+    ckpt = torch.load(run / "best_model.pt", weights_only=True)
+    assert ckpt["model_config"]["image_size"] == 64 and ckpt["task"] == "ovd"
+
+    image = os.path.join(ovd_root, "flickr30k_images", "1000030.jpg")
+    out = run_script(OVD, ["--predict", image, "--phrases", "a red circle", "the blue square", "--top-k", "2",
+                           "--weights", str(run / "best_model.pt"), "--output", str(tmp_path / "pred")], tmp_path)
+    lines = out.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 5 and lines[-1] == f"{image}\tannotated image: {tmp_path / 'pred' / '1000030_grounded.png'}"
+    from PIL import Image
+    w, h = Image.open(image).size
+    for ln in lines[:4]:
+        path, phrase, box, score = ln.split("\t")
+        x1, y1, x2, y2 = map(float, box.split())
+        assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h and 0 <= float(score) <= 1
+    assert [ln.split("\t")[1] for ln in lines[:4]] == ["a red circle"] * 2 + ["the blue square"] * 2
+    assert (tmp_path / "pred" / "1000030_grounded.png").is_file()
+
+
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in TIMING}
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(ovd_root, tmp_path):
+    args = ["--data-root", ovd_root, "--test-splits", "--epochs", "3", "--seed", "5", *QUICK]
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    run_script(OVD, args + ["--results-dir", str(ref_dir)], tmp_path)
+    run = kill_during_epoch_2(OVD, args, tmp_path, kill_dir, delay=0.3)
+    assert len(read_json(run / "history.json")["train_loss"]) == 1 and not (run / "metrics.json").exists()
+    run_script(OVD, ["--resume", str(run)], tmp_path)
+    (ref,) = run_dirs(ref_dir)
+    for name in ("history.json", "metrics.json"):
+        a, b = _comparable(read_json(ref / name)), _comparable(read_json(run / name))
+        assert set(a) == set(b)
+        for key in a:
+            if isinstance(a[key], (list, float)):
+                assert a[key] == pytest.approx(b[key], abs=1e-6), (name, key)
+            else:
+                assert a[key] == b[key], (name, key)
+    # a second run never reuses a run directory
+    run_script(OVD, args + ["--epochs", "1", "--results-dir", str(kill_dir)], tmp_path)
+    assert len(run_dirs(kill_dir)) == 2
+
+
+def test_bad_input_is_counted_or_one_error_line(ovd_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(ovd_root, root)
+    ids = (root / "train.txt").read_text().split()
+    # bad markup, a phrase whose entity has no box, a caption with no boxed phrase, a box outside the
+    # image and a zero-area box, an unreadable image
+    with open(root / "Sentences" / f"{ids[0]}.txt", "a", encoding="utf-8") as f:
+        f.write("[/EN#1/other a broken phrase\n[/EN#77/other a ghost] near [/EN#1/other a shape]\n"
+                "[/EN#9/scene only the background]\n")
+    xml = root / "Annotations" / f"{ids[1]}.xml"
+    xml.write_text(xml.read_text().replace(
+        "</annotation>", "<object><name>1</name><bndbox><xmin>-30</xmin><ymin>5</ymin><xmax>20</xmax><ymax>40</ymax>"
+        "</bndbox></object><object><name>2</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>10</xmax>"
+        "<ymax>30</ymax></bndbox></object></annotation>"))
+    (root / "flickr30k_images" / f"{ids[2]}.jpg").write_bytes(b"not a jpeg")
+    run_script(OVD, ["--data-root", str(root), "--test-splits", "--epochs", "1", *QUICK,
+                     "--results-dir", str(tmp_path / "res")], tmp_path)
+    (run,) = run_dirs(tmp_path / "res")
+    warnings = read_json(run / "metrics.json")["data_warnings"]
+    assert warnings["bad_markup"] == 1 and warnings["box_outside"] >= 1 and warnings["zero_area_box"] >= 1
+    assert warnings["no_boxed_phrase"] == 1 and warnings["unreadable_image"] == 1
+    assert warnings["no_box"] >= 2      # the ghost entity 77 and the scene phrase at least
+
+    (root / "val.txt").unlink()
+    proc = run_script(OVD, ["--data-root", str(root), *QUICK], tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {root / 'val.txt'}: split file not found")
+    shutil.rmtree(root / "flickr30k_images")
+    proc = run_script(OVD, ["--data-root", str(root), *QUICK], tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {root / 'flickr30k_images'}: folder not found " \
+                                                   "(Flickr30k Entities layout)"
