@@ -274,7 +274,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cli.add_output_args(p, "ovd_swin_tiny")
     o = p.add_argument_group("optimizer (seed: AdamW + OneCycle, max lr 5e-4)")
     cli.add_flag(o, "--lr", type=float, default=5e-4,
-                 help="max learning rate of new parts (--head-lr); the pretrained encoder gets lr/10 (--base-lr)")
+                 help="max learning rate of new parts (--head-lr); a --pretrained encoder gets lr/10 (--base-lr)")
     cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
     cli.add_flag(o, "--precision", choices=["16", "32", "bf16"], default=None,
                  help="16 = fp16 AMP, bf16 = bfloat16 autocast, 32 = off (default: AMP on CUDA only)")
@@ -297,7 +297,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     if "head_lr" not in typed:
         args.head_lr = args.lr
     if "base_lr" not in typed:
-        args.base_lr = args.lr / 10
+        # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
+        args.base_lr = args.lr / 10 if (args.pretrained or args.pretrained_weights) else args.lr
     if args.precision is not None:   # the seed's Lightning flag, on top of --amp/--amp-dtype
         args.amp = args.precision != "32"
         args.amp_dtype = "bf16" if args.precision == "bf16" else "fp16"

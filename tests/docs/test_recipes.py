@@ -14,8 +14,13 @@ PAGES = {
     "docs/train_MobileNetV3_Small_BoT_Linear.md": SMALL_RUN + ["--image-size", "64"],
     "docs/train_ResNet18_Hybrid.md": SMALL_RUN + ["--image-size", "64"],
     "docs/train_vietocr.md": SMALL_RUN + ["--max-decode-len", "24", "--num-workers", "0"],
+    # a resnet18 encoder at 64 px instead of the recipes' Swin-T / ConvNeXt at 224-320 (the Swin-T
+    # token layout is tested in tests/models/test_ovd.py); everything else as written
+    "docs/train_ovd.md": SMALL_RUN + ["--image-encoder", "resnet18", "--feature-index", "2", "--image-size", "64",
+                                      "--out-dim", "32", "--buckets", "1024", "--num-workers", "0"],
 }
-TIMM_NAMES = {"train_MobileNetV3_Small_BoT_Linear.py": "mobilenetv3_small_100", "train_ResNet18_Hybrid.py": "resnet18"}
+TIMM_NAMES = {"train_MobileNetV3_Small_BoT_Linear.py": "mobilenetv3_small_100", "train_ResNet18_Hybrid.py": "resnet18",
+              "train_ovd.py": "resnet18"}
 
 
 def commands():
