@@ -19,8 +19,8 @@ from torch import nn
 from src import cli
 from src.data.demo_ovd import ensure_demo_ovd
 from src.data.flickr30k import read_grounding_split
-from src.data.grounding import (GroundingDataset, collate_grounding, encode_words, image_to_tensor, letterbox,
-                                to_pixels)
+from src.data.grounding import (IMAGENET_MEAN, IMAGENET_STD, GroundingDataset, collate_grounding, encode_words,
+                                image_to_tensor, letterbox, to_pixels)
 from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings, make_loader
 from src.metrics.grounding import GroundingMeter
@@ -105,7 +105,6 @@ class GroundingTask:
     @staticmethod
     def _sample(batch: dict, final: dict, b: int, size: int):
         """The letterboxed image with top-1 and true boxes per phrase, drawn (for the run dir's figure)."""
-        from src.data.grounding import IMAGENET_MEAN, IMAGENET_STD
         mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
         img = (batch["image"][b].float().cpu() * std + mean).clamp(0, 1)
         pil = Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype("uint8"))

@@ -103,6 +103,8 @@ def test_bad_input_is_counted_or_one_error_line(ovd_root, tmp_path):
         "</annotation>", "<object><name>1</name><bndbox><xmin>-30</xmin><ymin>5</ymin><xmax>20</xmax><ymax>40</ymax>"
         "</bndbox></object><object><name>2</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>10</xmax>"
         "<ymax>30</ymax></bndbox></object></annotation>"))
+    with open(root / "Sentences" / f"{ids[1]}.txt", "a", encoding="utf-8") as f:
+        f.write("[/EN#1/other one shape] beside [/EN#2/other another]\n")   # uses both edited entities
     (root / "flickr30k_images" / f"{ids[2]}.jpg").write_bytes(b"not a jpeg")
     run_script(OVD, ["--data-root", str(root), "--test-splits", "--epochs", "1", *QUICK,
                      "--results-dir", str(tmp_path / "res")], tmp_path)
