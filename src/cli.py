@@ -101,6 +101,26 @@ def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Sequence[str
     return args
 
 
+def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                      demo_defaults) -> argparse.Namespace:
+    """What every script parses: ``--demo`` defaults (:func:`parse_with_demo_defaults`), then under
+    ``--resume`` the run's saved arguments (:func:`restore_resumed_args`); typed flags win throughout."""
+    args = parse_with_demo_defaults(parser, argv, demo_defaults)
+    if args.resume:
+        args = restore_resumed_args(parser, argv, args)
+    return args
+
+
+def set_default_lrs(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace,
+                    base_lr: float, head_lr: float) -> None:
+    """Scripts with a single ``--lr``: ``--base-lr``/``--head-lr`` follow it unless typed explicitly."""
+    typed = explicit_args(parser, argv)
+    if "base_lr" not in typed:
+        args.base_lr = base_lr
+    if "head_lr" not in typed:
+        args.head_lr = head_lr
+
+
 def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
     """Only the flags actually typed in ``argv`` (defaults suppressed)."""
     import copy

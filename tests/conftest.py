@@ -61,6 +61,22 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+TIMING = {"fps", "latency_ms", "train_time_s", "epoch_time_s", "data_time_s", "samples_per_s", "fps_device"}
+
+
+def assert_same_results(ref: Path, run: Path) -> None:
+    """``history.json`` and ``metrics.json`` of two run dirs agree (to 1e-6), timings aside: a resumed
+    run must end exactly where an uninterrupted one does."""
+    for name in ("history.json", "metrics.json"):
+        a, b = read_json(ref / name), read_json(run / name)
+        assert set(a) == set(b)
+        for key in set(a) - TIMING:
+            if isinstance(a[key], (list, float)):
+                assert a[key] == pytest.approx(b[key], abs=1e-6), (name, key)
+            else:
+                assert a[key] == b[key], (name, key)
+
+
 def kill_during_epoch_2(script: str, args: list[str], cwd: Path, results: Path, delay: float = 0.5) -> Path:
     """Start ``script``, SIGKILL it ``delay`` s after epoch 1's ``history.json`` appears; return the
     run directory (a user's power cut, mid-epoch)."""

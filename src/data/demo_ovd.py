@@ -95,8 +95,10 @@ def _render(rng: random.Random, objs: list[tuple[str, str]]):
             if all(_iou(box, p[3]) < 0.15 for p in placed):
                 break
         pts = _polygon(shape, cx, cy, r)
-        draw.polygon(pts, fill=COLOURS[colour]) if shape != "circle" else \
+        if shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[colour])
+        else:
+            draw.polygon(pts, fill=COLOURS[colour])
         placed.append((colour, shape, r, [max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])]))
     return img, placed
 

@@ -104,18 +104,21 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Sequential(nn.Linear(self.channels, dim), nn.LayerNorm(dim))
         self.dim = dim
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the backbone's feature map as NHWC, (B, h, w, C)."""
+        fmap = self.backbone(images)[-1]
+        return fmap if self.nhwc else fmap.permute(0, 2, 3, 1)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> backbone tokens before projection, (B, h*w, C), row-major."""
-        fmap = self.backbone(images)[-1]
-        if not self.nhwc:
-            fmap = fmap.permute(0, 2, 3, 1)
-        self._grid = fmap.shape[1:3]
-        return fmap.flatten(1, 2)
+        return self.feature_map(images).flatten(1, 2)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.proj(self.features(images))
-        h, w = self._grid
-        return tokens, sine_positions(h, w, self.dim, tokens.device).to(tokens.dtype)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Projected tokens (B, h*w, dim), their positions (h*w, dim) and the grid (h, w)."""
+        fmap = self.feature_map(images)
+        h, w = fmap.shape[1:3]
+        tokens = self.proj(fmap.flatten(1, 2))
+        return tokens, sine_positions(h, w, self.dim, tokens.device).to(tokens.dtype), (h, w)
 
 
 class TextEncoder(nn.Module):
@@ -225,8 +228,7 @@ class GroundingModel(nn.Module):
     def encode(self, images, words, text_mask):
         """Fused image tokens (B, HW, D), their positions (HW, D), fused text tokens (B, L, D) and the
         token grid (h, w)."""
-        img, pos = self.image_encoder(images)
-        grid = self.image_encoder._grid
+        img, pos, grid = self.image_encoder(images)
         txt = self.text_encoder(words, text_mask)
         for layer in self.fusion:
             img, txt = layer(img, pos, txt, text_mask)

@@ -138,10 +138,7 @@ def build_parser(default_model: str, description: str) -> argparse.ArgumentParse
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    args = cli.parse_with_demo_defaults(parser, argv, lambda first: demo_defaults(first.model))
-    if args.resume:
-        args = cli.restore_resumed_args(parser, argv, args)
-    return args
+    return cli.parse_script_args(parser, argv, lambda first: demo_defaults(first.model))
 
 
 def build_loaders(args, dist: D.DistInfo):

@@ -263,15 +263,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    args = cli.parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
-    if args.resume:
-        args = cli.restore_resumed_args(parser, argv, args)
-    typed = cli.explicit_args(parser, argv)
-    # --lr is VietOCR's single learning rate; --base-lr/--head-lr typed explicitly still win
-    if "base_lr" not in typed:
-        args.base_lr = args.lr
-    if "head_lr" not in typed:
-        args.head_lr = args.lr
+    args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
+    cli.set_default_lrs(parser, argv, args, args.lr, args.lr)   # --lr is VietOCR's single learning rate
     return args
 
 

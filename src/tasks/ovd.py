@@ -38,7 +38,8 @@ log = logging.getLogger("src")
 # schedule that reaches the demo's targets from random init in CPU minutes (docs/train_ovd.md)
 DEMO_DEFAULTS = dict(image_encoder="resnet18", feature_index=3, image_size=128, out_dim=128, text_layers=1,
                      fusion_layers=1, fusion_heads=4, decoder_layers=3, num_queries=20, epochs=4, batch_size=16,
-                     lr=1e-3, num_workers=1, patience=0)
+                     lr=1e-3, num_workers=1, patience=0,
+                     test_splits=["test", "test_novel"])
 MODEL_KEYS = ("image_encoder", "out_dim", "fusion_layers", "fusion_heads", "decoder_layers", "num_queries",
               "text_layers", "buckets", "max_words", "image_size", "feature_index")
 
@@ -148,10 +149,8 @@ def load_for_inference(weights: str, device: torch.device) -> tuple[GroundingMod
 
 
 def _model_kwargs(cfg: dict) -> dict:
-    return dict(image_encoder=cfg["image_encoder"], dim=cfg["out_dim"], fusion_layers=cfg["fusion_layers"],
-                fusion_heads=cfg["fusion_heads"], decoder_layers=cfg["decoder_layers"],
-                num_queries=cfg["num_queries"], text_layers=cfg["text_layers"], buckets=cfg["buckets"],
-                max_words=cfg["max_words"], image_size=cfg["image_size"], feature_index=cfg["feature_index"])
+    """``build_grounding_model`` arguments from a model_config (``out_dim`` is its ``dim``)."""
+    return {("dim" if k == "out_dim" else k): cfg[k] for k in MODEL_KEYS}
 
 
 def phrases_caption(phrases: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
@@ -289,20 +288,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    args = cli.parse_with_demo_defaults(parser, argv, DEMO_DEFAULTS)
-    if args.resume:
-        args = cli.restore_resumed_args(parser, argv, args)
-    typed = cli.explicit_args(parser, argv)
-    if "head_lr" not in typed:
-        args.head_lr = args.lr
-    if "base_lr" not in typed:
-        # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
-        args.base_lr = args.lr / 10 if (args.pretrained or args.pretrained_weights) else args.lr
+    args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
+    # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
+    pretrained = args.pretrained or args.pretrained_weights
+    cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
     if args.precision is not None:   # the seed's Lightning flag, on top of --amp/--amp-dtype
         args.amp = args.precision != "32"
         args.amp_dtype = "bf16" if args.precision == "bf16" else "fp16"
-    if args.demo and "test_splits" not in typed:
-        args.test_splits = ["test", "test_novel"]
     return args
 
 

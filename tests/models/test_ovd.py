@@ -28,7 +28,7 @@ def test_swin_tiny_tokens_at_224_are_49_of_768_in_row_major_order():
             {k.replace("layers_", "layers."): v for k, v in enc.backbone.state_dict().items()}, strict=False)
         assert sorted(missing) == ["head.fc.bias", "head.fc.weight", "norm.bias", "norm.weight"] and not unexpected
         fmap = ref.layers(ref.patch_embed(x))
-        projected, pos = enc(x)
+        projected, pos, grid = enc(x)
     assert enc.nhwc and tokens.shape == (1, 49, 768) and fmap.shape == (1, 7, 7, 768)
     assert ref.forward_features(x).shape == (1, 7, 7, 768)
     # token i is the feature at (row i // 7, column i % 7): NHWC read as NHWC, not as NCHW

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import kill_during_epoch_2, read_json, run_dirs, run_script
+from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OCR = "train_vietocr.py"
 RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
@@ -16,7 +16,6 @@ METRICS_KEYS = {"model_name", "task", "num_params", "trainable_params", "size_mb
                 *(f"{s}_{k}" for s in ("valid", "test") for k in SCORES)}
 HISTORY_KEYS = {"train_loss", "valid_loss", *(f"valid_{k}" for k in SCORES), "lr", "epoch_time_s", "data_time_s",
                 "samples_per_s", "bad_steps"}
-TIMING = {"fps", "latency_ms", "train_time_s", "epoch_time_s", "data_time_s", "samples_per_s", "fps_device"}
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +69,6 @@ def test_run_directory_files_keys_and_predict(ocr_data, tmp_path):
             assert 0.0 <= float(conf) <= 1.0
 
 
-def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TIMING}
-
 
 def test_resume_after_sigkill_matches_uninterrupted_run(ocr_data, tmp_path):
     root, files = ocr_data
@@ -87,14 +83,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(ocr_data, tmp_path):
 
     run_script(OCR, ["--resume", str(run)], tmp_path)
     (ref,) = run_dirs(ref_dir)
-    for name in ("history.json", "metrics.json"):
-        a, b = _comparable(read_json(ref / name)), _comparable(read_json(run / name))
-        assert set(a) == set(b)
-        for key in a:
-            if isinstance(a[key], (list, float)):
-                assert a[key] == pytest.approx(b[key], abs=1e-6), (name, key)
-            else:
-                assert a[key] == b[key], (name, key)
+    assert_same_results(ref, run)
 
 
 def test_bad_lines_are_counted_and_a_tiny_validation_set_gives_finite_metrics(ocr_data, tmp_path):

@@ -6,13 +6,12 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import kill_during_epoch_2, read_json, run_dirs, run_script
+from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OVD = "train_ovd.py"
 RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
              "last.pt", "sample_predictions.png"}
 SCORES = ("recall@1", "recall@5", "recall@10", "baseline_recall@1", "map", "map50")
-TIMING = {"fps", "latency_ms", "train_time_s", "epoch_time_s", "data_time_s", "samples_per_s", "fps_device"}
 # tiny widths: the tests check behaviour, not accuracy
 QUICK = ["--image-encoder", "resnet18", "--feature-index", "2", "--image-size", "64", "--out-dim", "32",
          "--text-layers", "1", "--decoder-layers", "2", "--num-queries", "8", "--buckets", "1024",
@@ -64,9 +63,6 @@ def test_run_directory_metrics_and_predict(ovd_root, tmp_path):
     assert (tmp_path / "pred" / "1000030_grounded.png").is_file()
 
 
-def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in TIMING}
-
 
 def test_resume_after_sigkill_matches_uninterrupted_run(ovd_root, tmp_path):
     args = ["--data-root", ovd_root, "--test-splits", "--epochs", "3", "--seed", "5", *QUICK]
@@ -76,14 +72,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(ovd_root, tmp_path):
     assert len(read_json(run / "history.json")["train_loss"]) == 1 and not (run / "metrics.json").exists()
     run_script(OVD, ["--resume", str(run)], tmp_path)
     (ref,) = run_dirs(ref_dir)
-    for name in ("history.json", "metrics.json"):
-        a, b = _comparable(read_json(ref / name)), _comparable(read_json(run / name))
-        assert set(a) == set(b)
-        for key in a:
-            if isinstance(a[key], (list, float)):
-                assert a[key] == pytest.approx(b[key], abs=1e-6), (name, key)
-            else:
-                assert a[key] == b[key], (name, key)
+    assert_same_results(ref, run)
     # a second run never reuses a run directory
     run_script(OVD, args + ["--epochs", "1", "--results-dir", str(kill_dir)], tmp_path)
     assert len(run_dirs(kill_dir)) == 2
