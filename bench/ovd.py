@@ -202,22 +202,19 @@ def bench_fusion(args, device: torch.device, dev_name: str) -> None:
     rows, worst = [], 0.0
     for n in args.tokens:
         x = fusion_inputs(n, args, device)
-        for m in variants.values():
-            m.eval()
-        fwd = {k: forward_fn(m, x) for k, m in variants.items()}
-        ref = fwd["sdpa"]()
-        for k in ("mha", "mha_w"):
-            worst = max(worst, check_same(f"forward {k}, {n} tokens", ref, fwd[k](), args.atol))
-        t_fwd = round_robin(fwd, device, args)
-        for m in variants.values():
-            m.train()
-        bwd = {k: backward_fn(m, x) for k, m in variants.items()}
-        ref = bwd["sdpa"]()
-        for k in ("mha", "mha_w"):
-            worst = max(worst, check_same(f"input gradients {k}, {n} tokens", ref, bwd[k](), 10 * args.atol))
-        t_bwd = round_robin(bwd, device, args)
+        timings = {}
+        # forward: eval, outputs compared; forward+backward: train, input gradients compared
+        for label, train, make_fn, tol in (("forward", False, forward_fn, args.atol),
+                                           ("forward+backward", True, backward_fn, 10 * args.atol)):
+            for m in variants.values():
+                m.train(train)
+            fns = {k: make_fn(m, x) for k, m in variants.items()}
+            ref = fns["sdpa"]()
+            for k in ("mha", "mha_w"):
+                worst = max(worst, check_same(f"{label} {k}, {n} tokens", ref, fns[k](), tol))
+            timings[label] = round_robin(fns, device, args)
         h, w = x["grid"]
-        for label, t in (("forward", t_fwd), ("forward+backward", t_bwd)):
+        for label, t in timings.items():
             s, m1, m2 = ms(t["sdpa"]), ms(t["mha"]), ms(t["mha_w"])
             rows.append(f"| {n} ({h}x{w}) | {label} | {s:.2f} | {spread(t['sdpa'])} | {m1:.2f} | {spread(t['mha'])} | "
                         f"{ratio(m1, s)} | {m2:.2f} | {spread(t['mha_w'])} | {ratio(m2, s)} |")
