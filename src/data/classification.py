@@ -18,10 +18,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from src.cli import DataError
-from src.data.images import BadImage, load_rgb_tensor
+from src.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImage, load_rgb_tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 REQUIRED_COLUMNS = ("path", "label", "split")
 

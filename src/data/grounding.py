@@ -29,11 +29,8 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from src.data.flickr30k import GroundingSample
-from src.data.images import BadImage, load_rgb
+from src.data.images import BadImage, image_to_tensor, letterbox, load_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PAD_VALUE = 114          # letterbox border (grey), as YOLO-style detectors use
 MAX_NGRAMS = 24          # per word; a 20-letter word has 3 + 3 x 18 n-grams of length 3-5, most kept
 _SWAP = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
 
@@ -61,29 +58,9 @@ def swap_left_right(words: list[str]) -> list[str]:
     return [_SWAP.get(w, w) for w in words]
 
 
-def letterbox(image: Any, boxes: tv_tensors.BoundingBoxes | None, image_size: int):
-    """Resize the longer side to ``image_size`` and pad right/bottom to a square; boxes follow.
-    Returns (image, boxes, scale)."""
-    h, w = TF.get_size(image)
-    scale = image_size / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    image = TF.resize(image, [new_h, new_w], antialias=True)
-    image = TF.pad(image, [0, 0, image_size - new_w, image_size - new_h], fill=PAD_VALUE)
-    if boxes is not None:
-        boxes = TF.resize(boxes, [new_h, new_w])
-        boxes = TF.pad(boxes, [0, 0, image_size - new_w, image_size - new_h])
-    return image, boxes, scale
-
-
 def to_pixels(boxes_cxcywh: torch.Tensor, image_size: int, scale: float) -> torch.Tensor:
     """Normalized cxcywh (model space) -> xyxy pixels of the original image."""
     return box_convert(boxes_cxcywh.float(), "cxcywh", "xyxy") * (image_size / scale)
-
-
-def image_to_tensor(image) -> torch.Tensor:
-    """Letterboxed uint8 image (PIL or tensor) -> float (3, S, S) normalized with ImageNet statistics."""
-    x = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
 
 class GroundingDataset(torch.utils.data.Dataset):

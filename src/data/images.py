@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision import tv_tensors
 from PIL import Image, ImageOps
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAD_VALUE = 114          # letterbox border (grey), as YOLO-style detectors use
 
 
 class BadImage(Exception):
@@ -69,3 +76,23 @@ def load_rgb_tensor(path: str) -> torch.Tensor:
     """Like :func:`load_rgb` but returns a uint8 tensor (3, H, W)."""
     img = load_rgb(path)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def letterbox(image: Any, boxes: tv_tensors.BoundingBoxes | None, image_size: int):
+    """Resize the longer side to ``image_size`` and pad right/bottom to a square; boxes follow.
+    Returns (image, boxes, scale)."""
+    h, w = TF.get_size(image)
+    scale = image_size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    image = TF.resize(image, [new_h, new_w], antialias=True)
+    image = TF.pad(image, [0, 0, image_size - new_w, image_size - new_h], fill=PAD_VALUE)
+    if boxes is not None:
+        boxes = TF.resize(boxes, [new_h, new_w])
+        boxes = TF.pad(boxes, [0, 0, image_size - new_w, image_size - new_h])
+    return image, boxes, scale
+
+
+def image_to_tensor(image) -> torch.Tensor:
+    """Letterboxed uint8 image (PIL or tensor) -> float (3, S, S) normalized with ImageNet statistics."""
+    x = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)

@@ -12,12 +12,19 @@ from src.cli import DataError
 def create_timm_features(timm_name: str, pretrained: bool = False, pretrained_weights: str | None = None,
                          out_index: int = -1, **model_kwargs: Any) -> nn.Module:
     """timm backbone that returns only one feature map (``features_only``, stage ``out_index``), so
-    heads and later stages that the model never runs are not built. Pretrained weights go through
-    timm's own loading path: from the hub, or from a local file via
-    ``pretrained_cfg_overlay=dict(file=...)``. Offline without a file: a one-line :class:`DataError`."""
+    heads and later stages that the model never runs are not built."""
+    return create_timm_model(timm_name, pretrained, pretrained_weights, features_only=True,
+                             out_indices=(out_index,), **model_kwargs)
+
+
+def create_timm_model(timm_name: str, pretrained: bool = False, pretrained_weights: str | None = None,
+                      **model_kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with timm's own pretrained-weight loading path: from the hub, or from a
+    local file via ``pretrained_cfg_overlay=dict(file=...)``. Offline without a file: a one-line
+    :class:`DataError` that says how to pass one."""
     import timm
 
-    kwargs = dict(features_only=True, out_indices=(out_index,), **model_kwargs)
+    kwargs = model_kwargs
     if pretrained_weights:
         if not os.path.isfile(pretrained_weights):
             raise DataError(f"--pretrained-weights: file not found: {pretrained_weights}")

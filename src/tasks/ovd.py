@@ -19,9 +19,8 @@ from torch import nn
 from src import cli
 from src.data.demo_ovd import ensure_demo_ovd
 from src.data.flickr30k import read_grounding_split
-from src.data.grounding import (IMAGENET_MEAN, IMAGENET_STD, GroundingDataset, collate_grounding, encode_words,
-                                image_to_tensor, letterbox, to_pixels)
-from src.data.images import BadImage, load_rgb
+from src.data.grounding import GroundingDataset, collate_grounding, encode_words, to_pixels
+from src.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImage, image_to_tensor, letterbox, load_rgb
 from src.data.loading import DataWarnings, make_loader
 from src.metrics.grounding import GroundingMeter
 from src.models.ovd import DEFAULT_BUCKETS, GroundingModel, build_grounding_model
