@@ -45,6 +45,8 @@ class Task(Protocol):
     ranks; ``example_input(batch_size)`` is a model input for FPS (optionally fed to
     ``task.speed_module(model)`` instead of the model, when inference is more than one forward);
     ``model_config`` is what ``best_model.pt`` needs to rebuild the model for inference.
+    Optional: ``epoch_stats()`` (figures added to each epoch's history row), ``summary()`` (added to
+    ``metrics.json``), ``state_dict()``/``load_state_dict()`` (task state kept in ``last.pt``).
     """
     name: str
     monitor: str           # e.g. "valid_acc"
@@ -206,6 +208,8 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         stopper.load_state_dict(ckpt["early_stopping"])
         history, start_epoch, train_time = ckpt["history"], ckpt["epoch"], ckpt.get("train_time_s", 0.0)
         task.warnings.load_state(ckpt.get("data_warnings", {}))
+        if ckpt.get("task_state") is not None and hasattr(task, "load_state_dict"):
+            task.load_state_dict(ckpt["task_state"])   # e.g. a loss's running statistics
         restore_rng_state(ckpt["rng"])
         log.info("resumed from %s at epoch %d (best %s = %s at epoch %d)", resume_from, start_epoch,
                  task.monitor, stopper.best, stopper.best_epoch)
@@ -239,6 +243,8 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
                "lr": max(g["lr"] for g in optimizer.param_groups), "epoch_time_s": epoch_time,
                "data_time_s": stats["data_time"], "samples_per_s": stats["samples_per_s"],
                "bad_steps": stats["bad_steps"]}
+        if hasattr(task, "epoch_stats"):   # task-specific per-epoch figures (e.g. cache hit rates)
+            row.update(task.epoch_stats())
         for k, v in row.items():
             history.setdefault(k, []).append(v)
         value = row.get(task.monitor, float("nan"))
@@ -254,6 +260,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
                 "early_stopping": stopper.state_dict(), "history": history, "train_time_s": train_time,
                 "rng": capture_rng_state(), "data_warnings": task.warnings.state(),
+                "task_state": task.state_dict() if hasattr(task, "state_dict") else None,
                 "args": args_record or {}, "model_config": task.model_config, "task": task.name,
             }, os.path.join(run_dir, "last.pt"))
             atomic_json_dump(history, os.path.join(run_dir, "history.json"))
@@ -390,6 +397,7 @@ def _finish(model, task, valid_loader, test_loaders, cfg, run_dir, device, dist,
                "best_epoch": stopper.best_epoch, "epochs_run": epochs_run, "stopped_early": stopped_early,
                "train_time_s": train_time,
                **{k: v for k, v in final.items() if not k.endswith("_loss")},
+               **(task.summary() if hasattr(task, "summary") else {}),
                "data_warnings": merged.counts(), "ckpt_path": "best_model.pt"}
     atomic_json_dump(metrics, os.path.join(run_dir, "metrics.json"))
     plot_history(history, os.path.join(run_dir, "training_plot.png"), task.monitor, show=cfg.show_plot)

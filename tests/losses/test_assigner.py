@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from src.losses.assigner import TaskAlignedAssigner
 
@@ -21,7 +22,7 @@ def _assign(scores, boxes, gt_labels, gt_boxes, gt_mask=None, **kw):
     gt_labels, gt_boxes = torch.tensor(gt_labels), torch.tensor(gt_boxes, dtype=torch.float32)
     if gt_mask is None:
         gt_mask = torch.ones(gt_labels.shape, dtype=torch.bool)
-    return TaskAlignedAssigner(**kw)(scores, boxes, ANCHORS, gt_labels, gt_boxes, torch.tensor(gt_mask))
+    return TaskAlignedAssigner(**kw)(scores, boxes, ANCHORS, gt_labels, gt_boxes, torch.as_tensor(gt_mask))
 
 
 def _fg(out, b=0):
@@ -125,3 +126,52 @@ def test_runs_without_grad_and_returns_a_tuple():
     labels, tboxes, tscores, fg, idx = _assign(scores, boxes, [[0]], [[[0, 0, 2, 2]]])
     assert not tscores.requires_grad and fg.dtype == torch.bool and labels.dtype == torch.long
     assert tboxes.shape == (1, 16, 4) and idx.shape == (1, 16)
+
+
+def _reference_assign(scores, boxes, anchors, gt_labels, gt_boxes, gt_mask, topk, alpha=0.5, beta=6.0):
+    """The TOOD rules, one gt and one anchor at a time: (fg_mask, target_gt_idx, target_scores)."""
+    b_size, a_size, c = scores.shape
+    fg = torch.zeros(b_size, a_size, dtype=torch.bool)
+    gt_idx = torch.zeros(b_size, a_size, dtype=torch.long)
+    target = torch.zeros(b_size, a_size, c)
+    for b in range(b_size):
+        iou = box_iou(gt_boxes[b], boxes[b]).tolist()
+        metric = [[float(scores[b, a, gt_labels[b, m]]) ** alpha * iou[m][a] ** beta for a in range(a_size)]
+                  for m in range(len(iou))]
+        claims: dict[int, list[int]] = {}
+        for m, (x1, y1, x2, y2) in enumerate(gt_boxes[b].tolist()):
+            if gt_mask[b, m]:
+                inside = [a for a, (x, y) in enumerate(anchors.tolist()) if min(x - x1, y - y1, x2 - x, y2 - y) > 1e-9]
+                for a in sorted(inside, key=lambda a: -metric[m][a])[:topk]:
+                    claims.setdefault(a, []).append(m)
+        owner = {a: max(ms, key=lambda m: iou[m][a]) for a, ms in claims.items()}
+        for m in set(owner.values()):
+            mine = [a for a in owner if owner[a] == m]
+            best_iou, best_metric = max(iou[m][a] for a in mine), max(metric[m][a] for a in mine)
+            for a in mine:
+                fg[b, a], gt_idx[b, a] = True, m
+                target[b, a, gt_labels[b, m]] = metric[m][a] * best_iou / (best_metric + 1e-9)
+    return fg, gt_idx, target
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_a_one_at_a_time_reference_on_random_scenes(seed):
+    # overlapping gts, padding, several classes; predicted boxes contain their anchor point so every
+    # candidate has IoU > 0 (ties at metric 0 may be broken either way)
+    g = torch.Generator().manual_seed(seed)
+    b, a, c, m = 2, 64, 3, 5
+    anchors = torch.rand(a, 2, generator=g) * 16
+    centres = anchors + torch.rand(b, a, 2, generator=g) - 0.5
+    sizes = torch.rand(b, a, 2, generator=g) * 6 + 1.5
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], -1)
+    scores = torch.rand(b, a, c, generator=g)
+    gt_centres, gt_sizes = torch.rand(b, m, 2, generator=g) * 16, torch.rand(b, m, 2, generator=g) * 8 + 1
+    gt_boxes = torch.cat([gt_centres - gt_sizes / 2, gt_centres + gt_sizes / 2], -1)
+    gt_labels = torch.randint(0, c, (b, m), generator=g)
+    gt_mask = torch.rand(b, m, generator=g) > 0.3
+    out = TaskAlignedAssigner(topk=4)(scores, boxes, anchors, gt_labels, gt_boxes, gt_mask)
+    fg, gt_idx, target = _reference_assign(scores, boxes, anchors, gt_labels, gt_boxes, gt_mask, topk=4)
+    assert torch.equal(out.fg_mask, fg)
+    assert torch.equal(out.target_gt_idx, gt_idx)
+    assert torch.allclose(out.target_scores, target, atol=1e-6)
+    assert fg.any() and (out.fg_mask.sum(1) <= 4 * gt_mask.sum(1)).all()

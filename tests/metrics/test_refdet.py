@@ -186,12 +186,15 @@ def test_meter_state_merges_across_ranks():
     assert merged.compute() == {"st_iou": 0.0, "map50": -1.0}
 
 
+def box(frame, b):
+    return {"frame": frame, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}
+
+
 def test_submission_groups_consecutive_frames_into_segments():
     pred = {"v1": {6: [C], 0: [A], 1: [[0.4, 1.6, 10.2, 9.8]], 2: torch.tensor([A]), 5: [C], 3: []},
             "v2": {},
             3: {4: []}}
     sub = submission(pred)
-    box = lambda f, b: {"frame": f, "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3]}  # noqa: E731
     # frames 0, 1, 2 then a gap (3 is empty, 4 absent) then 5, 6; coordinates rounded
     assert sub == [
         {"video_id": "v1", "detections": [{"bboxes": [box(0, A), box(1, [0, 2, 10, 10]), box(2, A)]},
