@@ -352,15 +352,23 @@ class RefDetModel(nn.Module):
                                tokens=[proj(patches) for proj in self.token_proj],
                                embed=F.normalize(self.proto_embed(desc).float(), dim=-1))
 
-    def detect(self, images: torch.Tensor, support: SupportFeatures, query_video: torch.Tensor) -> dict:
-        """Per-frame detection given the videos' support features; ``query_video`` (B,) indexes them."""
-        feats = self.neck(*self.backbone(images))
-        fused = [fuse(x, protos[query_video], tokens[query_video])
-                 for fuse, x, protos, tokens in zip(self.fusion, feats, support.protos, support.tokens)]
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Query frames (B, 3, S, S) -> N3, N4, N5 of the YOLOv8 backbone + neck."""
+        return list(self.neck(*self.backbone(images)))
+
+    def fuse(self, feats: list[torch.Tensor], support: SupportFeatures, query_video: torch.Tensor) -> list:
+        return [fuse(x, protos[query_video], tokens[query_video])
+                for fuse, x, protos, tokens in zip(self.fusion, feats, support.protos, support.tokens)]
+
+    def predict(self, fused: list[torch.Tensor], support: SupportFeatures, query_video: torch.Tensor) -> dict:
         proto = support.embed[query_video]
         out = self.head(fused, proto)
-        anchors, strides = make_anchors([tuple(f.shape[-2:]) for f in fused], STRIDES, device=images.device)
+        anchors, strides = make_anchors([tuple(f.shape[-2:]) for f in fused], STRIDES, device=fused[0].device)
         return {**out, "anchors": anchors, "strides": strides, "proto": proto}
+
+    def detect(self, images: torch.Tensor, support: SupportFeatures, query_video: torch.Tensor) -> dict:
+        """Per-frame detection given the videos' support features; ``query_video`` (B,) indexes them."""
+        return self.predict(self.fuse(self.features(images), support, query_video), support, query_video)
 
     def forward(self, images: torch.Tensor, support: torch.Tensor, query_video: torch.Tensor,
                 support_keys: list[str] | None = None) -> dict:
