@@ -142,14 +142,15 @@ class RefDetTask:
         meter = RefDetMeter(self.score_threshold, max_boxes_per_frame=1)
         truth_all = self.truth.get(split, {})
         loss_sum, n, samples = 0.0, 0, []
-        support = None
+        supports = {}      # chunks of different videos may interleave when several workers decode
         for item in loader:
             if "bad" in item:
                 self.warnings.add(item["bad"], item["video_id"])
                 continue
             vid = item["video_id"]
-            if item["support"] is not None:
-                support = net.encode_support(item["support"][None].to(device))
+            if item["support"] is not None:     # a video's first chunk: its prototype, computed once
+                supports[vid] = net.encode_support(item["support"][None].to(device))
+            support = supports[vid]
             images = item["images"].to(device)
             zeros = torch.zeros(images.shape[0], dtype=torch.long, device=device)
             out = net.detect(images, support, zeros)
@@ -486,8 +487,7 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
     if not train or not valid:
         raise cli.DataError(f"{args.data_root}: need at least one training and one validation video "
                             f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
-    cache_dir = args.frame_cache or os.path.join(records[0].root if hasattr(records[0], "root")
-                                                 else args.data_root, "frame_cache")
+    cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
     if dist.is_main:
         ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, warnings)
     D.barrier()
