@@ -189,6 +189,18 @@ class RefDetMeter:
         m.update(preds, gts)
         return float(m.compute()["map"])
 
+    def threshold_sweep(self, thresholds: Iterable[float]) -> dict[float, float]:
+        """ST-IoU at each score threshold (the configured one untouched): how sensitive the metric is
+        to ``--score-threshold``, from the same predictions."""
+        kept, out = self.score_threshold, {}
+        try:
+            for t in thresholds:
+                self.score_threshold = t
+                out[t] = st_iou(self.truth(), self.predictions())[0]
+        finally:
+            self.score_threshold = kept
+        return out
+
     def compute(self) -> dict[str, float]:
         out = {"st_iou": st_iou(self.truth(), self.predictions())[0]}
         if self.with_map:

@@ -169,8 +169,11 @@ class RefDetTask:
             meter.merge([state])
         totals = D.all_reduce_sum([loss_sum, float(n)], device)
         result = meter.compute()
+        # the ST-IoU a better --score-threshold would give (chosen on this split: a guide, not a test figure)
+        sweep = meter.threshold_sweep([round(0.05 * i, 2) for i in range(1, 20)])
+        best = max(sweep, key=sweep.get)
         return {"loss": totals[0] / totals[1] if totals[1] else float("nan"), "st_iou": result["st_iou"],
-                "map50": result["map50"]}
+                "map50": result["map50"], "st_iou_best_threshold": best, "st_iou_at_best_threshold": sweep[best]}
 
     def _sample(self, image: torch.Tensor, boxes, scores, true_boxes, title: str):
         mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
@@ -482,7 +485,8 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
     if not args.data_root:
         raise cli.DataError("--data-root is required (or use --demo)")
     records = read_aeroeyes(args.data_root, args.annotations, warnings)
-    train, valid = split_videos(records, _valid_spec(args.valid_videos), args.split_file, args.seed)
+    train, valid = split_videos(records, None if args.split_file else _valid_spec(args.valid_videos), args.split_file,
+                                args.seed)
     train, valid = _limit(train, args.train_limit, args.seed), _limit(valid, args.valid_limit, args.seed)
     if not train or not valid:
         raise cli.DataError(f"{args.data_root}: need at least one training and one validation video "

@@ -273,3 +273,18 @@ def test_unreadable_submission_file_raises_value_error(tmp_path):
         read_submission(bad)
     with pytest.raises(ValueError, match="cannot read submission file"):
         read_submission(tmp_path / "missing.json")
+
+
+def test_threshold_sweep_scores_each_threshold_and_keeps_the_configured_one():
+    meter = RefDetMeter(score_threshold=0.5)
+    box = [0.0, 0.0, 10.0, 10.0]
+    meter.update("v", 0, [box], [box], [0.9])      # truth frame, confident hit
+    meter.update("v", 1, [box], [box], [0.3])      # truth frame, weak hit
+    meter.update("v", 2, [], [box], [0.4])         # background frame, false alarm
+    # union of truth {0, 1} and predicted frames; hits sum IoU 1 each
+    sweep = meter.threshold_sweep([0.2, 0.35, 0.45, 0.95])
+    assert sweep[0.2] == pytest.approx(2 / 3)      # predicted {0, 1, 2}: 2 hits / 3 frames
+    assert sweep[0.35] == pytest.approx(1 / 3)     # frames 0 and 2 predicted, truth 0 and 1: 1 / 3
+    assert sweep[0.45] == pytest.approx(1 / 2)     # only frame 0: 1 / |{0, 1}|
+    assert sweep[0.95] == 0.0
+    assert meter.score_threshold == 0.5 and meter.compute()["st_iou"] == pytest.approx(1 / 2)
