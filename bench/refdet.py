@@ -27,22 +27,49 @@ This script measures, in one run, two things about the drone-video detector's tr
    support_keys)`` on each model (train mode, autograd on as in the step, forward only), so the table
    shows where the saving comes from. ``--freeze-dino-layers`` takes one or more values (12 = all
    DINO blocks frozen, stage 1 and the demo; 6 = the last 6 train, stages 2-3), one row each.
-2. Frame extraction. For each training video (``--videos`` limits them to the first N by id):
-   (a) ``extract_video`` into a fresh, empty temporary cache folder (one sequential decode of the
-   whole video; the annotated frames and a seeded reservoir of ``--background-frames`` others
-   JPEG-encoded at ``--quality`` and written, plus ``index.json``) vs (b) ``seek_read_frames`` of
-   exactly the frames (a) wrote (the seed's method: a seek to the previous keyframe and a decode
-   forward per wanted frame) + the same JPEG encoding and writing of each (PIL ``save`` at
-   ``--quality`` into a buffer, then a file), into another fresh folder. Both produce the same files'
-   worth of work; (a) also decodes every frame and encodes the reservoir's replaced candidates,
-   which is its real cost. One untimed (a) first gets the frame list (it is seeded, the same in
-   every call) and brings the video into the OS file cache for both. Then (a) and (b) alternate
-   (a, b on even reps of even videos, b, a otherwise) until each ran ``--reps`` times and
-   ``--min-time`` seconds passed for that video (at most ``--max-reps``); the empty folders are made
-   and removed outside the timed calls. The table shows the fastest call of each per video and their
-   sum, written JPEGs per second, (b)/(a), and how many of (b)'s JPEGs are byte-identical to (a)'s
-   (the same decoded pixels). Decoding uses PyAV with ``thread_type = "AUTO"`` in both methods;
-   FFmpeg picks its own thread count, which ``--threads`` / ``OMP_NUM_THREADS`` do not set.
+2. Frame extraction. Our pipeline decodes each video once, sequentially, into a JPEG frame cache
+   (``extract_video``) and trains from the JPEGs; the seed read every training sample by seeking in
+   the video (``seek_read_frames``: seek to the keyframe at or before the frame, decode forward to
+   it), every epoch. Per video, three things are timed:
+   (a) ``extract_video`` into a fresh, empty folder: one sequential decode of every frame; the
+       annotated frames and a seeded reservoir of background frames JPEG-encoded at ``--quality``
+       and written, plus ``index.json`` (atomically, with an fsync). Our one-time cost.
+   (b) ``seek_read_frames`` of exactly the frames (a) wrote, in a seeded shuffled order (as a
+       training sampler requests them), ``SEEK_CHUNK`` frames per call, decode to RGB only (the
+       seed's reads produce frames, not files). The seed's cost, every epoch. Its LRU of 500 decoded
+       frames is not modelled: over a real training set an epoch requests far more distinct frames.
+   (c) those JPEGs read back in the same shuffled order with ``load_rgb`` (what ``RefDetFrames``
+       uses), from the OS file cache (they were just written). Our cost per epoch.
+   Reported: seconds and wanted frames/s of each, (b)/(a) = one seek-per-frame epoch vs our one-time
+   extraction, (b)/(c) = per-epoch frame reading, seek per frame vs our cache, and the break-even:
+   the fewest epochs E with (a) + E x (c) < E x (b) (usually 1). Why the ratios depend on the GOP
+   (keyframe interval) and the resolution: a seek lands on the previous keyframe, so (b) decodes on
+   average about GOP/2 extra frames per wanted frame (the table shows the mean of wanted - keyframe
+   + 1), while (a) decodes each video frame once (video frames / wanted frames per wanted frame, about
+   2 here) but pays a JPEG encode per wanted frame and (c) a JPEG decode. (b)/(a) and (b)/(c) therefore
+   grow about linearly with the GOP; H.264 decoding and JPEG coding both scale with the pixel count,
+   so the resolution matters less, except that at tiny sizes the fixed costs per seek (decoder flush,
+   refilling FFmpeg's frame threads, container seek) and per file weigh more. Two tables:
+   - synthetic drone-like videos written into a temporary folder (removed at the end): libx264,
+     yuv420p, 25 fps, ``--x264-preset``, crf 23, a keyframe exactly every GOP frames (no scene-cut
+     keyframes), one video per ``--gops`` value (250 = x264's default keyint), ``--video-size`` and
+     ``--video-frames``; content: a crop panning ``PAN_PX`` px per frame over a seeded ground-like
+     noise texture (real motion for the encoder); ``--annotated-fraction`` of the frames annotated
+     in 2 contiguous segments at seeded places, + ``--background-frames`` (default 20) background
+     frames from ``extract_video``'s reservoir. Records are ``VideoRecord`` as annotations give them.
+   - the training videos (``--videos`` limits them to the first N by id; the demo's are 384x224,
+     105-120 frames, GOP 50: small and short, so fixed costs weigh more).
+   Before timing, per video: one untimed (a) gets the frame list (seeded, the same in every call),
+   writes the JPEGs (c) reads and brings the video into the OS file cache; then a few wanted frames
+   from (b) must equal sequential decoding (``iter_video_frames``) bit for bit, and (a)'s JPEGs of
+   them must decode to within JPEG error (mean absolute difference < 3 of 255). Every timed (a) must
+   write the same frame list and every (b) return every frame. Then (a, b, c) and (c, b, a)
+   alternate (by rep and video) until each ran ``--extract-reps`` times and ``--min-time`` seconds
+   passed for that video (at most ``--max-reps``); (a)'s empty folders are made and removed outside
+   the timed calls. s = fastest call. Decoding uses PyAV with ``thread_type = "AUTO"`` in (a) and
+   (b): FFmpeg picks its own thread count, which ``--threads`` / ``OMP_NUM_THREADS`` do not set;
+   Pillow's JPEG encoding and decoding use one thread. The section prints its own header (machine,
+   versions, command), so it pastes into docs/benchmarks.md as is.
 
 Timing (section 1): after ``--warmup`` untimed calls of each function, the compared functions run
 in round-robin (a, b, a, b, ...) until each ran ``--reps`` times and ``--min-time`` seconds passed
@@ -51,33 +78,40 @@ in round-robin (a, b, a, b, ...) until each ran ``--reps`` times and ``--min-tim
 call (the least disturbed) and the median; spread = (slowest - fastest) / fastest of N calls shows
 the noise. Ratios are between figures of the same run. Every figure is measured in the run; nothing
 is hard-coded. float32 throughout. Nothing is written inside the repository except what
-``ensure_demo_refdet`` writes under ``--demo-dir``; frame caches go into temporary folders that are
-removed at the end.
+``ensure_demo_refdet`` writes under ``--demo-dir``; frame caches and the synthetic videos go into temporary
+folders that are removed at the end.
 
     python bench/refdet.py                                       # CPU, torch's default threads, demo data
     python bench/refdet.py --freeze-dino-layers 12 6 --skip extract
+    python bench/refdet.py --skip cache                          # section 2 only: 1280x720 x 300 frames, GOP 25 50 250
+    python bench/refdet.py --skip cache --video-size 1920 1080 --gops 50 250
     python bench/refdet.py --data-root datasets/train --videos 4 --background-frames 20
-    OMP_NUM_THREADS=1 python bench/refdet.py --quick --threads 1  # smoke test: tiny sizes, 2 reps
+    OMP_NUM_THREADS=1 python bench/refdet.py --quick --threads 1  # smoke test: tiny sizes, 2 reps (section 2: 1)
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import io
 import os
 import platform
+import random
 import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import av  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL  # noqa: E402
+import PIL.features  # noqa: E402
+from PIL import Image  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -85,11 +119,13 @@ from torch import nn  # noqa: E402
 from src.cli import DataError  # noqa: E402
 from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos  # noqa: E402
 from src.data.demo_refdet import ensure_demo_refdet  # noqa: E402
+from src.data.images import load_rgb  # noqa: E402
 from src.data.loading import DataWarnings  # noqa: E402
 from src.data.refdet import EpisodeSampler, RefDetFrames, collate_episode  # noqa: E402
 from src.losses.refdet import RefDetCriterion  # noqa: E402
 from src.models.refdet import RefDetModel, SupportCache, build_refdet_model  # noqa: E402
-from src.tools.extract_frames import ensure_frame_cache, extract_video, seek_read_frames  # noqa: E402
+from src.tools.extract_frames import (ensure_frame_cache, extract_video, iter_video_frames,  # noqa: E402
+                                      seek_read_frames)
 from src.training import distributed as D  # noqa: E402
 from src.training.optim import param_groups  # noqa: E402
 from src.training.perf import round_robin as perf_round_robin  # noqa: E402
@@ -295,110 +331,286 @@ def bench_cache(args, device: torch.device, dev_name: str, records: list[VideoRe
 
 # ----------------------------------------------------------------------------- 2. frame extraction
 
+SEEK_CHUNK = 32          # frames per seek_read_frames call in (b): bounds the decoded images held at once
+PAN_PX = (3, 1)          # synthetic videos: texture crop moves (x, y) px per frame
+X264 = {"crf": "23", "sc_threshold": "0"}   # x264's default quality; no scene-cut keyframes: the GOP is exact
+
+
 def video_facts(path: str) -> dict:
-    """Codec, size, frames and keyframes (by demuxing: no decoding), file size."""
+    """Codec, size, frame rate, packets and keyframe indices (by demuxing: no decoding), file size."""
     with av.open(path) as container:
         stream = container.streams.video[0]
         codec, w, h = stream.codec_context.name, stream.codec_context.width, stream.codec_context.height
-        packets = keys = 0
+        fps = Fraction(stream.average_rate or stream.guessed_rate)
+        tb, start = Fraction(stream.time_base), stream.start_time or 0
+        packets, keys = 0, []
         for packet in container.demux(stream):
             if packet.size:
                 packets += 1
-                keys += bool(packet.is_keyframe)
-    return {"codec": codec, "size": f"{w}x{h}", "packets": packets, "keyframes": keys,
-            "mb": os.path.getsize(path) / 2 ** 20}
+                if packet.is_keyframe and packet.pts is not None:
+                    keys.append(round((packet.pts - start) * tb * fps))
+    return {"codec": codec, "size": f"{w}x{h}", "packets": packets, "keyframes": sorted(keys),
+            "fps": float(fps), "mb": os.path.getsize(path) / 2 ** 20}
 
 
-def seek_and_write(record: VideoRecord, frames: list[int], folder: str, quality: int) -> int:
-    """(b): the seed's seek-per-frame decode of ``frames`` + the extraction's JPEG encode and write."""
-    images = seek_read_frames(record.video_path, frames)
-    for frame, image in images.items():
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality)
-        with open(os.path.join(folder, f"{frame:06d}.jpg"), "wb") as f:
-            f.write(buf.getvalue())
-    return len(images)
+def texture(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A ground-like RGB texture (uint8, height x width x 3) seen from above: fields blending green,
+    brown soil and grey, their colour from coarse smoothed noise, their brightness from octaves of
+    smoothed noise down to a faint pixel grain; numpy + PIL resizes only (well under a second at 720p)."""
+    def octave(cell: int, channels: int = 1) -> np.ndarray:
+        small = rng.integers(0, 256, (height // cell + 2, width // cell + 2, channels), dtype=np.uint8)
+        big = Image.fromarray(small[..., 0] if channels == 1 else small).resize(
+            (small.shape[1] * cell, small.shape[0] * cell), Image.BICUBIC)
+        arr = np.asarray(big, dtype=np.float32)[:height, :width] / 255.0
+        return arr[..., None] if channels == 1 else arr
+    mix = octave(192, 2)
+    green, soil, grey = (np.array(c, dtype=np.float32) for c in ((80, 115, 55), (135, 105, 75), (145, 145, 140)))
+    colour = green + (soil - green) * mix[..., :1]
+    colour += (grey - colour) * mix[..., 1:] ** 3
+    light = sum(w * (octave(c) - 0.5) for c, w in ((96, 0.7), (24, 0.45), (6, 0.25), (1, 0.05)))
+    return np.clip(colour * (1.0 + light), 0, 255).astype(np.uint8)
 
 
-def same_files(a: str, b: str, frames: list[int]) -> int:
-    same = 0
-    for frame in frames:
-        name = f"{frame:06d}.jpg"
-        try:
-            with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
-                same += fa.read() == fb.read()
-        except OSError:
-            pass
-    return same
+def write_synthetic(path: str, width: int, height: int, n_frames: int, gop: int, preset: str,
+                    ground: np.ndarray) -> None:
+    """libx264 (yuv420p, 25 fps, keyframe every ``gop`` frames) of a crop of ``ground`` panning
+    ``PAN_PX`` px per frame."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {**X264, "preset": preset, "g": str(gop), "keyint_min": str(gop)}
+        for i in range(n_frames):
+            x, y = i * PAN_PX[0], i * PAN_PX[1]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(ground[y:y + height, x:x + width]),
+                                               format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def synthetic_boxes(width: int, height: int, n_frames: int, fraction: float, rng: random.Random) -> dict:
+    """Boxes on ``fraction`` of the frames, in 2 contiguous segments at seeded places (a target seen
+    twice), a box crossing the frame; the rest is left to ``extract_video``'s background sampling."""
+    n_ann = min(n_frames - 1, max(2, round(fraction * n_frames)))
+    s1 = n_ann // 2
+    free = n_frames - n_ann                  # >= 1: at least one frame between the two segments
+    c1, c2 = sorted(rng.randint(0, free - 1) for _ in range(2))
+    first, second = c1, c1 + s1 + 1 + (c2 - c1)
+    frames = list(range(first, first + s1)) + list(range(second, second + n_ann - s1))
+    bw, bh = max(8, width // 20), max(8, height // 15)
+    return {f: [(x1, 0.45 * height, x1 + bw, 0.45 * height + bh)]
+            for f in frames for x1 in [(width - bw) * f / max(1, n_frames - 1)]}
+
+
+def synthetic_records(args, tmp: str) -> list[VideoRecord]:
+    width, height = args.video_size
+    pan = (PAN_PX[0] * (args.video_frames - 1), PAN_PX[1] * (args.video_frames - 1))
+    t0 = time.perf_counter()
+    ground = texture(width + pan[0], height + pan[1], np.random.default_rng(args.seed))
+    records = []
+    for gop in args.gops:
+        vid = f"pan_{width}x{height}_{args.video_frames}f_gop{gop}"
+        path = os.path.join(tmp, f"{vid}.mp4")
+        write_synthetic(path, width, height, args.video_frames, gop, args.x264_preset, ground)
+        boxes = synthetic_boxes(width, height, args.video_frames, args.annotated_fraction,
+                                random.Random(f"{args.seed}/{vid}"))
+        records.append(VideoRecord(video_id=vid, video_path=path, reference_paths=[], boxes=boxes, root=tmp))
+    print(f"  {len(records)} synthetic videos written in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+          flush=True)
+    return records
+
+
+def seek_epoch(path: str, order: list[int]) -> int:
+    """(b): the seed's reads of one epoch, in the sampler's order: seek + decode forward per frame."""
+    got = 0
+    for i in range(0, len(order), SEEK_CHUNK):
+        got += len(seek_read_frames(path, order[i:i + SEEK_CHUNK]))
+    return got
+
+
+def cache_epoch(folder: str, order: list[int]) -> int:
+    """(c): our reads of one epoch: each cached JPEG decoded to RGB by the loader RefDetFrames uses."""
+    for frame in order:
+        load_rgb(os.path.join(folder, f"{frame:06d}.jpg"))
+    return len(order)
+
+
+def check_frames(record: VideoRecord, frames: list[int], jpeg_dir: str, rng: random.Random) -> tuple[int, float]:
+    """Before timing: a few wanted frames read by (b) must equal sequential decoding bit for bit, and
+    the JPEGs of (a) must decode to within JPEG error of them. Returns (frames checked, largest mean
+    absolute difference of a JPEG, 0-255)."""
+    picks = sorted({frames[0], frames[-1], *rng.sample(frames, min(4, len(frames)))})
+    seq = {}
+    for i, image in iter_video_frames(record.video_path):
+        if i in picks:
+            seq[i] = np.asarray(image)
+        if i >= picks[-1]:
+            break
+    order = picks[:]
+    rng.shuffle(order)
+    seeked = seek_read_frames(record.video_path, order)
+    worst = 0.0
+    for f in picks:
+        if f not in seq or f not in seeked or not np.array_equal(np.asarray(seeked[f]), seq[f]):
+            raise AssertionError(f"{record.video_id}: frame {f} from seek_read_frames differs from sequential decoding")
+        jpeg = np.asarray(load_rgb(os.path.join(jpeg_dir, f"{f:06d}.jpg")), dtype=np.int16)
+        diff = float(np.abs(jpeg - seq[f].astype(np.int16)).mean())
+        if jpeg.shape != seq[f].shape or diff >= 3.0:
+            raise AssertionError(f"{record.video_id}: cached JPEG of frame {f} is off by {diff:.2f} (mean abs, 0-255)")
+        worst = max(worst, diff)
+    return len(picks), worst
+
+
+def break_even(a: float, b: float, c: float) -> str:
+    """Fewest epochs E >= 1 with a + E*c < E*b (our one-time extraction + E cache epochs vs E seek epochs)."""
+    return str(int(a // (b - c)) + 1) if b > c else "never"
+
+
+def measure_videos(args, records: list[VideoRecord], background: int, tmp: str, v0: int) -> tuple[list[str], dict]:
+    """Time (a), (b), (c) on each video; table rows and totals."""
+    rows, tot = [], {"a": 0.0, "b": 0.0, "c": 0.0, "n": 0, "checked": 0, "jpeg_diff": 0.0, "e": []}
+    for v, record in enumerate(records, start=v0):
+        facts = video_facts(record.video_path)
+        # untimed: the frame list (seeded), the JPEGs (c) reads, the video into the OS file cache
+        first = os.path.join(tmp, "first")
+        index = extract_video(record, first, background, args.seed, args.quality)
+        if index is None:
+            rows.append(f"| {record.video_id} | unreadable: skipped |" + " |" * 14)
+            continue
+        frames = sorted([int(f) for f in index["frames"]] + list(index["background"]))
+        ref_dir = os.path.join(first, record.video_id)
+        rng = random.Random(f"{args.seed}/{record.video_id}/order")
+        order = frames[:]
+        rng.shuffle(order)                   # as a training sampler requests them
+        checked, diff = check_frames(record, frames, ref_dir, rng)
+        tot["checked"] += checked
+        tot["jpeg_diff"] = max(tot["jpeg_diff"], diff)
+        jpeg_mb = sum(os.path.getsize(os.path.join(ref_dir, f"{f:06d}.jpg")) for f in frames) / 2 ** 20
+        counter = [0]
+        times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+
+        def run_a() -> None:
+            counter[0] += 1
+            folder = os.path.join(tmp, f"run{counter[0]}")
+            os.makedirs(folder)
+            t0 = time.perf_counter()
+            out = extract_video(record, folder, background, args.seed, args.quality)
+            times["a"].append(time.perf_counter() - t0)
+            if out is None or sorted([int(f) for f in out["frames"]] + list(out["background"])) != frames:
+                raise AssertionError(f"{record.video_id}: extract_video wrote another frame list")
+            shutil.rmtree(folder)
+
+        def run_b() -> None:
+            t0 = time.perf_counter()
+            got = seek_epoch(record.video_path, order)
+            times["b"].append(time.perf_counter() - t0)
+            if got != len(frames):
+                raise AssertionError(f"{record.video_id}: seek_read_frames found {got} of {len(frames)} frames")
+
+        def run_c() -> None:
+            t0 = time.perf_counter()
+            cache_epoch(ref_dir, order)
+            times["c"].append(time.perf_counter() - t0)
+
+        fns = {"a": run_a, "b": run_b, "c": run_c}
+        start, rep = time.perf_counter(), 0
+        while rep < args.max_reps and (rep < args.extract_reps or time.perf_counter() - start < args.min_time):
+            for key in (("a", "b", "c") if (v + rep) % 2 == 0 else ("c", "b", "a")):
+                fns[key]()
+            rep += 1
+        shutil.rmtree(first)
+        a, b, c = min(times["a"]), min(times["b"]), min(times["c"])
+        n, n_frames = len(frames), index["num_frames"]
+        tot["a"], tot["b"], tot["c"], tot["n"] = tot["a"] + a, tot["b"] + b, tot["c"] + c, tot["n"] + n
+        keys = facts["keyframes"] or [0]
+        # decoded per wanted frame: (a) the whole video once; (b) from the keyframe at or before it
+        dec_b = statistics.mean(f - max(k for k in keys if k <= f) + 1 for f in frames)
+        # keyframe interval: the usual distance between keyframes; one keyframe: longer than the video
+        gop = (str(statistics.mode(k2 - k1 for k1, k2 in zip(keys, keys[1:]))) if len(keys) > 1
+               else f">= {n_frames}")
+        e = break_even(a, b, c)
+        tot["e"].append(e)
+        rows.append(f"| {record.video_id} | {facts['size']} {facts['codec']}, {facts['mb']:.1f} MB | {n_frames} | "
+                    f"{gop} ({len(keys)}) | {n} ({len(index['frames'])} + {len(index['background'])}), "
+                    f"{jpeg_mb:.1f} MB | {n_frames / n:.1f} / {dec_b:.1f} | {a:.3f} | {n / a:.0f} | {b:.3f} | "
+                    f"{n / b:.0f} | {c:.3f} | {n / c:.0f} | **{ratio(b, a)}** | **{ratio(b, c)}** | {e} | "
+                    f"{spread(times['a']).split(' of ')[0]} / {spread(times['b']).split(' of ')[0]} / "
+                    f"{spread(times['c'])} |")
+        print(f"  extract, {record.video_id} measured", file=sys.stderr, flush=True)
+    return rows, tot
+
+
+def print_extract_table(title: str, note: str, rows: list[str], tot: dict) -> None:
+    print(f"### {title}\n")
+    print(note + "\n")
+    print("| video | size | frames | GOP (keyframes) | wanted frames (annotated + background), JPEGs | "
+          "decoded per wanted frame (a) / (b) | (a) extract s | (a) frames/s | (b) seek per frame s | "
+          "(b) frames/s | (c) cache s | (c) frames/s | (b)/(a) | (b)/(c) | break-even epochs | spread a / b / c |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if tot["a"] > 0:
+        a, b, c, n = tot["a"], tot["b"], tot["c"], tot["n"]
+        print(f"| **total** | | | | {n} | | {a:.3f} | {n / a:.0f} | {b:.3f} | {n / b:.0f} | {c:.3f} | "
+              f"{n / c:.0f} | **{ratio(b, a)}** | **{ratio(b, c)}** | {break_even(a, b, c)} | |")
+        per_video = sorted(set(tot["e"]), key=lambda e: (e == "never", int(e) if e != "never" else 0))
+        e = break_even(a, b, c)
+        print(f"\nBreak-even: our total (a) + E x (c) is below seek-per-frame's E x (b) from epoch E = {e} on the "
+              f"total (" + (f"{per_video[0]} for every video" if len(per_video) == 1
+                            else f"{' to '.join((per_video[0], per_video[-1]))} by video") + "): "
+              + ("the one-time extraction is paid back within the first epoch." if e == "1"
+                 else "the seed's reading never catches up." if e == "never"
+                 else f"the one-time extraction is paid back by epoch {e}."))
+    print(flush=True)
 
 
 def bench_extract(args, records: list[VideoRecord], source: str) -> None:
-    rows, tot_a, tot_b, tot_frames = [], 0.0, 0.0, 0
+    width, height = args.video_size
+    synth_bg = args.synthetic_background
     with tempfile.TemporaryDirectory(prefix="refdet_bench_extract_") as tmp:
-        for v, record in enumerate(records):
-            facts = video_facts(record.video_path)
-            # untimed: the frame list (seeded) and the video into the OS file cache
-            first = os.path.join(tmp, "first")
-            index = extract_video(record, first, args.background_frames, args.seed, args.quality)
-            if index is None:
-                rows.append(f"| {record.video_id} | unreadable: skipped |" + " |" * 10)
-                continue
-            frames = sorted([int(f) for f in index["frames"]] + list(index["background"]))
-            ref_dir = os.path.join(first, record.video_id)
-            counter = [0]
-
-            def fresh() -> str:
-                counter[0] += 1
-                path = os.path.join(tmp, f"run{counter[0]}")
-                os.makedirs(path)
-                return path
-
-            times: dict[str, list[float]] = {"a": [], "b": []}
-            identical, got_b = None, None
-            start, rep = time.perf_counter(), 0
-            while rep < args.max_reps and (rep < args.reps or time.perf_counter() - start < args.min_time):
-                for key in (("a", "b") if (v + rep) % 2 == 0 else ("b", "a")):
-                    folder = fresh()
-                    t0 = time.perf_counter()
-                    if key == "a":
-                        out = extract_video(record, folder, args.background_frames, args.seed, args.quality)
-                    else:
-                        out = seek_and_write(record, frames, folder, args.quality)
-                    times[key].append(time.perf_counter() - t0)
-                    if key == "a" and (out is None or sorted([int(f) for f in out["frames"]] + list(out["background"]))
-                                       != frames):
-                        raise AssertionError(f"{record.video_id}: extract_video wrote another frame list")
-                    if key == "b" and identical is None:
-                        got_b, identical = out, same_files(ref_dir, folder, frames)
-                    shutil.rmtree(folder)
-                rep += 1
-            shutil.rmtree(first)
-            a, b = min(times["a"]), min(times["b"])
-            tot_a, tot_b, tot_frames = tot_a + a, tot_b + b, tot_frames + len(frames)
-            n_ann, n_bg = len(index["frames"]), len(index["background"])
-            missing = f" ({len(frames) - got_b} not found)" if got_b != len(frames) else ""
-            rows.append(f"| {record.video_id} | {facts['size']} {facts['codec']}, {facts['mb']:.1f} MB | "
-                        f"{index['num_frames']} | {facts['keyframes']} ({index['num_frames'] / max(1, facts['keyframes']):.0f}) | "
-                        f"{len(frames)} ({n_ann} + {n_bg}) | {a:.3f} | {spread(times['a'])} | {b:.3f} | "
-                        f"{spread(times['b'])} | {len(frames) / a:.0f} | {len(frames) / b:.0f} | **{ratio(b, a)}** | "
-                        f"{identical}/{len(frames)}{missing} |")
-            print(f"  extract, {record.video_id} measured", file=sys.stderr, flush=True)
-    print(f"## 2. Frame extraction: one sequential decode (`extract_video`) vs seek per frame (`seek_read_frames`), "
-          f"same frames, same JPEG encoding (PyAV {av.__version__}, quality {args.quality}, "
-          f"{args.background_frames} background frames per video)\n")
-    print(f"Data: {source}. (a) = `extract_video` into an empty folder: decodes every frame once, writes the annotated "
-          "frames + a seeded reservoir of background frames as JPEGs and `index.json`; (b) = `seek_read_frames` of "
-          "exactly the frames (a) wrote + the same JPEG encode and write. s = fastest call; frames/s = JPEGs "
-          "written / s; keyframes (frames per keyframe) counted by demuxing; identical = (b)'s JPEGs byte-equal "
-          "to (a)'s.\n")
-    print("| video | size | frames | keyframes (GOP) | JPEGs written (annotated + background) | (a) decode once s | "
-          "spread | (b) seek per frame s | spread | (a) frames/s | (b) frames/s | (b)/(a) | identical JPEGs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    if tot_a > 0:
-        print(f"| **total** | | | | {tot_frames} | {tot_a:.3f} | | {tot_b:.3f} | | {tot_frames / tot_a:.0f} | "
-              f"{tot_frames / tot_b:.0f} | **{ratio(tot_b, tot_a)}** | |")
-    print(flush=True)
+        synth = synthetic_records(args, tmp)
+        rows_s, tot_s = measure_videos(args, synth, synth_bg, tmp, 0)
+        rows_d, tot_d = measure_videos(args, records, args.background_frames, tmp, len(synth))
+    jpeg_ver = PIL.features.version("jpg") or "?"
+    turbo = " (libjpeg-turbo)" if PIL.features.check_feature("libjpeg_turbo") else ""
+    print("## 2. Frame extraction: decode once into a JPEG cache (`extract_video`) vs seek per frame "
+          "(`seek_read_frames`, the seed's method)\n")
+    try:
+        ram = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        ram = ""
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs{ram}; PyAV {av.__version__} (FFmpeg libavcodec "
+          f"{'.'.join(map(str, av.library_versions.get('libavcodec', ())))}), Pillow {PIL.__version__} "
+          f"(libjpeg {jpeg_ver}{turbo}), numpy {np.__version__}, Python {platform.python_version()}. Command: "
+          f"`{shlex.join(['python', *sys.argv])}`"
+          + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else "")
+          + ("; QUICK smoke-test sizes, not for the docs" if args.quick else "") + ".\n")
+    print(f"Per video: (a) = `extract_video` into an empty folder, the one-time cost of our pipeline: one sequential "
+          f"decode of every frame, the annotated frames + a seeded reservoir of background frames JPEG-encoded "
+          f"(quality {args.quality}) and written, `index.json` (atomic, with fsync). (b) = `seek_read_frames` of exactly the frames (a) "
+          f"wrote, in a seeded shuffled order as a training sampler requests them, decode to RGB only (no file "
+          f"written; {SEEK_CHUNK} frames per call): the seed's cost, every epoch (its LRU of 500 decoded frames is "
+          f"not modelled: over a real training set an epoch requests far more than 500 distinct frames). (c) = "
+          f"those JPEGs read back with `load_rgb` (what `RefDetFrames` uses) in the same order, from the OS file "
+          f"cache: our cost per epoch. Checked before timing: {tot_s['checked'] + tot_d['checked']} frames from (b) "
+          f"equal sequential decoding bit for bit, and (a)'s JPEGs of them differ by at most "
+          f"{max(tot_s['jpeg_diff'], tot_d['jpeg_diff']):.2f} (mean abs, 0-255). s = fastest call of >= "
+          f"{args.extract_reps} (>= {args.min_time:g} s per video, <= {args.max_reps}), (a, b, c) and (c, b, a) "
+          f"alternating by rep and video; frames/s = wanted frames / s; decoded per wanted frame = video frames "
+          f"/ wanted for (a), mean of (wanted - keyframe before it + 1) for (b); break-even = fewest epochs E with "
+          f"(a) + E x (c) < E x (b). (b)/(a) = one seek-per-frame epoch vs our one-time extraction; (b)/(c) = "
+          f"per-epoch frame reading, seek per frame vs our cache. Decoding: PyAV `thread_type = \"AUTO\"` in (a) "
+          f"and (b) (FFmpeg picks its thread count); JPEG encoding and decoding: Pillow, one thread.\n")
+    print_extract_table(
+        f"Synthetic drone-like videos ({width}x{height}, {args.video_frames} frames, 25 fps)",
+        f"Generated in a temporary folder: libx264 (preset {args.x264_preset}, crf {X264['crf']}, yuv420p, "
+        f"B-frames as the preset sets, no scene-cut keyframes) of a crop panning {PAN_PX[0]} px right and "
+        f"{PAN_PX[1]} px down per frame over a seeded noise texture; {100 * args.annotated_fraction:g}% of the "
+        f"frames annotated in 2 contiguous segments at seeded places + {synth_bg} background frames "
+        f"(`extract_video`'s reservoir). GOP 250 = x264's default keyint.", rows_s, tot_s)
+    print_extract_table(
+        f"Training videos: {source}",
+        f"{args.background_frames} background frames per video.", rows_d, tot_d)
 
 
 # ----------------------------------------------------------------------------- main
@@ -424,8 +636,22 @@ def main(argv=None) -> int:
     p.add_argument("--annotations", default=None, help="annotations.json of --data-root (default ROOT/annotations/...)")
     p.add_argument("--videos", type=int, default=0, help="use only the first N training videos by id (0 = all)")
     p.add_argument("--background-frames", type=int, default=None,
-                   help="background frames per video (default: 12 for the demo, 20 otherwise, as the training script)")
+                   help="background frames per video (default: 12 for the demo, 20 otherwise, as the training "
+                        "script; 20 for the synthetic videos of section 2)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (extract_video's default)")
+    p.add_argument("--video-size", type=int, nargs=2, default=[1280, 720], metavar=("W", "H"),
+                   help="section 2: synthetic videos' frame size (even)")
+    p.add_argument("--video-frames", type=int, default=300, help="section 2: synthetic videos' length (25 fps)")
+    p.add_argument("--gops", type=int, nargs="+", default=[25, 50, 250],
+                   help="section 2: one synthetic video per keyframe interval (250 = x264's default)")
+    p.add_argument("--annotated-fraction", type=float, default=0.5,
+                   help="section 2: share of a synthetic video's frames annotated (2 contiguous segments)")
+    p.add_argument("--x264-preset", default="medium",
+                   choices=["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                            "veryslow"],
+                   help="section 2: libx264 preset of the synthetic videos (medium = x264's default)")
+    p.add_argument("--extract-reps", type=int, default=3,
+                   help="section 2: timed calls per method and video, at least (--min-time, --max-reps apply)")
     p.add_argument("--image-size", type=int, default=256, help="query frame side (multiple of 32)")
     p.add_argument("--support-size", type=int, default=224,
                    help=f"reference image side (224 = real training; the demo trains at {DEMO_SUPPORT_SIZE})")
@@ -448,14 +674,18 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=5.0, help="seconds each round-robin (per video) runs, at least")
     p.add_argument("--skip", nargs="*", choices=["cache", "extract"], default=[], help="sections to leave out")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 2 videos, 4 episodes, query frames 64 px, support 32 px, 2 reps, no minimum time")
+                   help="smoke test: 2 videos, 4 episodes, query frames 64 px, support 32 px, 2 reps, no minimum "
+                        "time; section 2: one 320x192 60-frame synthetic video per GOP 25 and 250, 1 rep")
     args = p.parse_args(argv)
     if args.quick:
         args.videos, args.n_episodes, args.image_size, args.support_size = 2, 4, 64, 32
         args.reps, args.max_reps, args.min_time = 2, 2, 0.0
+        args.video_size, args.video_frames, args.gops, args.extract_reps = [320, 192], 60, [25, 250], 1
+    args.gops = list(dict.fromkeys(args.gops))    # one video per distinct GOP
+    args.synthetic_background = 20 if args.background_frames is None else args.background_frames
     if args.background_frames is None:
         args.background_frames = 20 if args.data_root else 12
-    for flag in ("n_way", "n_query", "n_episodes", "support_views", "reps", "max_reps"):
+    for flag in ("n_way", "n_query", "n_episodes", "support_views", "reps", "max_reps", "extract_reps"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
     if args.n_background < 0 or args.background_frames < 0 or args.videos < 0 or args.warmup < 0:
@@ -468,6 +698,12 @@ def main(argv=None) -> int:
         p.error("--freeze-dino-layers must be >= 1 (0 trains every block and bypasses the cache)")
     if args.support_cache_mb <= 0:
         p.error("--support-cache-mb must be > 0")
+    if min(args.video_size) < 32 or any(x % 2 for x in args.video_size):
+        p.error("--video-size must be even and >= 32 (yuv420p)")
+    if args.video_frames < 10 or min(args.gops) < 1:
+        p.error("--video-frames must be >= 10 and --gops >= 1")
+    if not 0 < args.annotated_fraction < 1:
+        p.error("--annotated-fraction must be in (0, 1)")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

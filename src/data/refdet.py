@@ -53,7 +53,7 @@ from torchvision import tv_tensors
 
 from src.data.aeroeyes import VideoRecord
 from src.data.images import PAD_VALUE, BadImage, image_to_tensor, letterbox, load_rgb
-from src.tools.extract_frames import BadVideo, VideoReader
+from src.tools.extract_frames import BadVideo, VideoReader, frame_to_pil
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class VideoClips(IterableDataset):
         pending, frames, images, scale = None, [], [], 1.0
         try:
             for index, frame in reader.frames(self.stride):
-                image, _, scale = letterbox(frame.to_image(), None, self.image_size)
+                image, _, scale = letterbox(frame_to_pil(frame), None, self.image_size)
                 frames.append(index)
                 images.append(image_to_tensor(image))
                 if len(frames) == self.chunk:

@@ -482,6 +482,7 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
         D.barrier()
         args.data_root = args.demo_dir
         args.split_file = args.split_file or os.path.join(args.demo_dir, "splits.txt")
+        args.annotations = args.test_data_root = None      # --demo replaces a recipe's data paths
     if not args.data_root:
         raise cli.DataError("--data-root is required (or use --demo)")
     records = read_aeroeyes(args.data_root, args.annotations, warnings)
