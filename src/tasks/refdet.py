@@ -159,7 +159,8 @@ class RefDetTask:
             loss, _ = self._crit(device)(out, gt, mask, zeros)
             loss_sum, n = loss_sum + float(loss) * images.shape[0], n + images.shape[0]
             for j, (frame, (boxes, scores)) in enumerate(zip(item["frames"], postprocess(out))):
-                meter.update(vid, frame, truth.get(frame, []), (boxes / scale).cpu(), scores.cpu())
+                meter.update(vid, frame, truth.get(frame, []), to_original(boxes, scale, item["orig_size"]).cpu(),
+                             scores.cpu())
                 if len(samples) < 8 and (frame in truth or scores.numel() and scores[0] >= self.score_threshold) \
                         and frame % 7 == 0:
                     samples.append(self._sample(item["images"][j], boxes, scores, gt[j][mask[j]], f"{vid} frame {frame}"))
@@ -198,6 +199,15 @@ class RefDetTask:
             plot_grounding_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"),
                                    title=f"validation (best checkpoint): thick = prediction with score >= "
                                          f"{self.score_threshold}, thin = truth")
+
+
+def to_original(boxes: torch.Tensor, scale: float, orig_size) -> torch.Tensor:
+    """Letterboxed-input boxes -> the video's pixels, clipped to the frame (``orig_size`` = (H, W))."""
+    h, w = orig_size
+    out = boxes.float() / scale
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
 
 
 def _frame_targets(per_frame: list, scale: float, device: torch.device):
@@ -314,9 +324,9 @@ def detect_video(model: RefDetModel, clips, device: torch.device, threshold: flo
             support = model.encode_support(item["support"][None].to(device))
         images = item["images"].to(device)
         out = model.detect(images, support, torch.zeros(images.shape[0], dtype=torch.long, device=device))
-        for frame, (boxes, scores) in zip(item["frames"], postprocess(out, max_det=1)):
-            if scores.numel() and scores[0] >= threshold:
-                found[frame] = [(boxes[0] / item["scale"]).cpu().tolist()]
+        for frame, (boxes, scores) in zip(item["frames"], postprocess(out, max_det=1, min_score=threshold)):
+            if scores.numel():
+                found[frame] = to_original(boxes[:1], item["scale"], item["orig_size"]).cpu().tolist()
     return found
 
 
