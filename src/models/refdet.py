@@ -285,7 +285,7 @@ class RefDetModel(nn.Module):
     def __init__(self, dino_model: str = "vit_small_patch16_dinov3", support_size: int = 224,
                  freeze_dino_layers: int = 6, width: float = 0.25, depth: float = 0.33, fusion: str = "psalm",
                  embed_dim: int = 128, reg_max: int = 16, fusion_heads: int = 4, pretrained: bool = False,
-                 pretrained_weights: str | None = None) -> None:
+                 pretrained_weights: str | None = None, siamese: bool = True) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {sorted(FUSIONS)}, got {fusion!r}")
@@ -301,6 +301,8 @@ class RefDetModel(nn.Module):
         self.proto_embed = nn.Linear(2 * D, embed_dim)
         self.fusion = nn.ModuleList(FUSIONS[fusion](c, fusion_heads) for c in channels)
         self.head = RefDetHead(channels, embed_dim, reg_max)
+        self.siamese = siamese
+        self.siam_embed = nn.Linear(sum(channels), embed_dim) if siamese else None
         self.reg_max = reg_max
         self.support_cache: SupportCache | None = None
         # the pretrained part is the support encoder only: it gets --base-lr (src.training.optim)
@@ -311,7 +313,8 @@ class RefDetModel(nn.Module):
         def count(*modules):
             return sum(p.numel() for m in modules for p in m.parameters())
         return {"dino": count(self.support_encoder), "detector": count(self.backbone, self.neck),
-                "fusion": count(self.fusion, self.proto_norm, self.proto_proj, self.token_proj, self.proto_embed),
+                "fusion": count(self.fusion, self.proto_norm, self.proto_proj, self.token_proj, self.proto_embed,
+                                *([self.siam_embed] if self.siamese else [])),
                 "head": count(self.head)}
 
     def _support_tokens(self, support: torch.Tensor, keys: list[str] | None) -> torch.Tensor:
@@ -348,9 +351,19 @@ class RefDetModel(nn.Module):
         desc = self.proto_norm(torch.cat([tokens[:, 0], patches.mean(1)], -1))  # V*K, 2D
         desc = desc.reshape(V, K, -1).mean(1)                           # V, 2D: average over references
         patches = patches.reshape(V, K * patches.shape[1], -1)          # V, K*N, D
-        return SupportFeatures(protos=[proj(desc) for proj in self.proto_proj],
-                               tokens=[proj(patches) for proj in self.token_proj],
-                               embed=F.normalize(self.proto_embed(desc).float(), dim=-1))
+        protos = [proj(desc) for proj in self.proto_proj]
+        embed = self.proto_embed(desc)
+        if self.siamese:
+            # the references also pass through the detector's own backbone + neck (shared weights, as
+            # in SiamFC, Bertinetto et al. 2016, https://arxiv.org/abs/1606.09549): a prototype in the
+            # query features' own space, so the fusion's similarity map means "looks like the
+            # reference" from the first step, for objects never seen in training; the DINO prototype
+            # adds what a pretrained encoder knows
+            siam = [f.mean((2, 3)).reshape(V, K, -1).mean(1) for f in self.features(support.flatten(0, 1))]
+            protos = [p + q for p, q in zip(protos, siam)]                # V, C_s each
+            embed = embed + self.siam_embed(torch.cat(siam, -1))
+        return SupportFeatures(protos=protos, tokens=[proj(patches) for proj in self.token_proj],
+                               embed=F.normalize(embed.float(), dim=-1))
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Query frames (B, 3, S, S) -> N3, N4, N5 of the YOLOv8 backbone + neck."""
@@ -378,9 +391,13 @@ class RefDetModel(nn.Module):
 def build_refdet_model(dino_model: str = "vit_small_patch16_dinov3", support_size: int = 224,
                        freeze_dino_layers: int = 6, fusion: str = "psalm", embed_dim: int = 128,
                        width: float = 0.25, depth: float = 0.33, reg_max: int = 16, pretrained: bool = False,
-                       pretrained_weights: str | None = None, support_cache_mb: float = 0.0) -> RefDetModel:
+                       pretrained_weights: str | None = None, support_cache_mb: float = 0.0,
+                       siamese: bool = True) -> RefDetModel:
+    if siamese and support_size % 32:
+        raise ValueError(f"support_size must be a multiple of 32 (the detector's stride) with the siamese "
+                         f"prototype, got {support_size}")
     model = RefDetModel(dino_model, support_size, freeze_dino_layers, width, depth, fusion, embed_dim, reg_max,
-                        pretrained=pretrained, pretrained_weights=pretrained_weights)
+                        pretrained=pretrained, pretrained_weights=pretrained_weights, siamese=siamese)
     if support_cache_mb > 0:
         model.support_cache = SupportCache(support_cache_mb)
     return model

@@ -39,7 +39,7 @@ from src.training.run_dir import prepare_run_dir, setup_logging, write_config
 
 log = logging.getLogger("src")
 
-MODEL_KEYS = ("dino_model", "support_size", "freeze_dino_layers", "fusion", "embed_dim", "image_size")
+MODEL_KEYS = ("dino_model", "support_size", "freeze_dino_layers", "fusion", "embed_dim", "siamese", "image_size")
 
 # --stage presets (defaults only: flags typed on the command line win). The seed trained in three
 # stages; its stage-3 "resume" from stage 2 trained zero epochs, here stage 3 starts a new run from
@@ -426,6 +426,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH", help="local timm weights file (implies --pretrained)")
     cli.add_flag(m, "--fusion", choices=["psalm", "cheaf"], default="psalm")
     cli.add_flag(m, "--embed-dim", type=int, default=128, help="prototype / anchor embedding width")
+    cli.add_flag(m, "--siamese", action=argparse.BooleanOptionalAction, default=True,
+                 help="also encode the references with the detector's own backbone (a prototype in the query "
+                      "features' space, added to the DINO one)")
     cli.add_flag(m, "--support-cache-size-mb", type=float, default=200.0,
                  help="support-feature cache (frozen DINO part) in MB; 0 disables")
     cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
