@@ -384,9 +384,17 @@ class RefDetModel(nn.Module):
         return self.predict(self.fuse(self.features(images), support, query_video), support, query_video)
 
     def forward(self, images: torch.Tensor, support: torch.Tensor, query_video: torch.Tensor,
-                support_keys: list[str] | None = None) -> dict:
-        return self.detect(images, self.encode_support(support, support_keys), query_video)
-
+                support_keys: list[str] | None = None, negative_video: torch.Tensor | None = None) -> dict:
+        """``negative_video`` (B,): also pair every frame with another video's references, sharing the
+        backbone pass; the outputs then hold 2B rows, the B true pairings first (the caller supervises
+        the second half as all-background)."""
+        sup = self.encode_support(support, support_keys)
+        feats = self.features(images)
+        if negative_video is None:
+            return self.predict(self.fuse(feats, sup, query_video), sup, query_video)
+        feats = [torch.cat([f, f]) for f in feats]
+        videos = torch.cat([query_video, negative_video])
+        return self.predict(self.fuse(feats, sup, videos), sup, videos)
 
 def build_refdet_model(dino_model: str = "vit_small_patch16_dinov3", support_size: int = 224,
                        freeze_dino_layers: int = 6, fusion: str = "psalm", embed_dim: int = 128,

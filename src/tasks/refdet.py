@@ -53,8 +53,8 @@ STAGES = {
 # --demo: small frames and references, DINO fully frozen (its 21.6M parameters are random here: no
 # pretrained weights offline) so the support cache serves every step; sized to finish in CPU minutes
 DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, frame_stride=2, n_way=2, n_query=4,
-                     n_background=2, n_episodes=60, epochs=12, background_frames=12, num_workers=1, patience=0,
-                     supcon_weight=0.2, lr=2e-3, batch_size=16)
+                     n_background=2, n_episodes=70, epochs=15, warmup_epochs=0.5, background_frames=12, num_workers=1,
+                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.25)
 
 
 # ----------------------------------------------------------------------------- task
@@ -85,8 +85,10 @@ class RefDetTask:
     monitor = "valid_st_iou"
     mode = "max"
 
-    def __init__(self, model_config: dict, criterion: RefDetCriterion, score_threshold: float = 0.5) -> None:
+    def __init__(self, model_config: dict, criterion: RefDetCriterion, score_threshold: float = 0.5,
+                 swap_negatives: bool = True) -> None:
         self.model_config, self.criterion, self.score_threshold = model_config, criterion, score_threshold
+        self.swap_negatives = swap_negatives
         size = model_config["image_size"]
         self.fps_image_size = [size, size]
         self.warnings = DataWarnings()
@@ -106,8 +108,20 @@ class RefDetTask:
         self.warnings.add_many(batch["bad"])
         if "images" not in batch:
             return None, 0
-        out = model(batch["images"], batch["support"], batch["query_video"], batch["support_keys"])
-        loss, _ = self._crit(device)(out, batch["boxes"], batch["box_mask"], batch["query_video"])
+        qv, boxes, mask = batch["query_video"], batch["boxes"], batch["box_mask"]
+        V = batch["support"].shape[0]
+        if not (self.swap_negatives and V > 1):
+            out = model(batch["images"], batch["support"], qv, batch["support_keys"])
+            loss, _ = self._crit(device)(out, boxes, mask, qv)
+            return loss, int(batch["images"].shape[0])
+        # swapped-reference negatives: each frame also meets the next video's references, and nothing
+        # may fire (the frame holds another object). Without them a model can memorize the training
+        # targets and ignore the reference; with them, firing depends on the reference (the negative
+        # pairs of siamese trackers, e.g. DaSiamRPN, Zhu et al. 2018, https://arxiv.org/abs/1808.06048)
+        negative = (qv + 1) % V
+        out = model(batch["images"], batch["support"], qv, batch["support_keys"], negative_video=negative)
+        loss, _ = self._crit(device)(out, torch.cat([boxes, torch.zeros_like(boxes)]),
+                                     torch.cat([mask, torch.zeros_like(mask)]), torch.cat([qv, negative]))
         return loss, int(batch["images"].shape[0])
 
     # support-cache hit rate of the epoch that just trained (the loop calls this before validation)
@@ -434,6 +448,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
                  help="start a new run from another run's weights (best_model.pt / last.pt / run dir)")
     lo = p.add_argument_group("loss")
+    cli.add_flag(lo, "--swap-negatives", action=argparse.BooleanOptionalAction, default=True,
+                 help="also pair each training frame with another episode video's references, as an "
+                      "all-background example (teaches the detector to fire only on the referenced object)")
     cli.add_flag(lo, "--bbox-loss", choices=["ciou", "wiou"], default="ciou")
     cli.add_flag(lo, "--cls-loss", choices=["bce", "focal"], default="bce")
     cli.add_flag(lo, "--box-weight", type=float, default=7.5)
@@ -550,7 +567,7 @@ def main(argv: Sequence[str] | None = None,
         criterion = RefDetCriterion(box_loss=args.bbox_loss, cls_loss=args.cls_loss, box_weight=args.box_weight,
                                     dfl_weight=args.dfl_weight, cls_weight=args.cls_weight,
                                     supcon_weight=args.supcon_weight, supcon_temperature=args.supcon_temperature)
-        task = RefDetTask(model_config, criterion, args.score_threshold)
+        task = RefDetTask(model_config, criterion, args.score_threshold, args.swap_negatives)
         data = build_data(args, dist, task.warnings)
         task.truth = data["truth"]
         seed_everything(args.seed)

@@ -117,3 +117,15 @@ def test_cache_is_bypassed_when_nothing_is_frozen_and_is_bounded():
 def test_freeze_layers_out_of_range_is_refused():
     with pytest.raises(ValueError, match="freeze_layers"):
         build_refdet_model(support_size=SUPPORT, freeze_dino_layers=13)
+
+
+def test_negative_pairing_shares_the_backbone_and_only_changes_the_reference(model):
+    images, support, qv = _inputs()
+    with torch.no_grad():
+        plain = model(images, support, qv)
+        both = model(images, support, qv, negative_video=1 - qv)
+        swapped = model(images, support, 1 - qv)
+    assert both["logits"].shape == (8, plain["logits"].shape[1])
+    assert torch.allclose(both["logits"][:4], plain["logits"], atol=1e-4)      # true pairings first
+    assert torch.allclose(both["logits"][4:], swapped["logits"], atol=1e-4)    # then the other video's reference
+    assert not torch.allclose(both["logits"][4:], plain["logits"], atol=1e-4)
