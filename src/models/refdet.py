@@ -25,6 +25,7 @@ Parts (DESIGN section 5):
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -260,6 +261,23 @@ class RefDetHead(nn.Module):
         return {"logits": logits, "dist": torch.cat(dists, 1), "embed": embed}
 
 
+@contextmanager
+def _frozen_batchnorm(*modules: nn.Module):
+    """BatchNorm layers in eval mode for a pass over the references: they are normalized with the
+    query frames' running statistics, as every frame is at inference, and a batch of small, centred,
+    plain-background photos does not pull those statistics away from the frames' (which made the
+    validation of a trained model collapse). Gradients still flow."""
+    norms = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    modes = [m.training for m in norms]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(norms, modes):
+            m.train(mode)
+
+
 def make_anchors(sizes: list[tuple[int, int]], strides=STRIDES, offset: float = 0.5,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor centres in input pixels (A, 2) and their strides (A, 1), in the head's anchor order."""
@@ -359,7 +377,9 @@ class RefDetModel(nn.Module):
             # query features' own space, so the fusion's similarity map means "looks like the
             # reference" from the first step, for objects never seen in training; the DINO prototype
             # adds what a pretrained encoder knows
-            siam = [f.mean((2, 3)).reshape(V, K, -1).mean(1) for f in self.features(support.flatten(0, 1))]
+            with _frozen_batchnorm(self.backbone, self.neck):
+                ref_feats = self.features(support.flatten(0, 1))
+            siam = [f.mean((2, 3)).reshape(V, K, -1).mean(1) for f in ref_feats]
             protos = [p + q for p, q in zip(protos, siam)]                # V, C_s each
             embed = embed + self.siam_embed(torch.cat(siam, -1))
         return SupportFeatures(protos=protos, tokens=[proj(patches) for proj in self.token_proj],

@@ -129,3 +129,15 @@ def test_negative_pairing_shares_the_backbone_and_only_changes_the_reference(mod
     assert torch.allclose(both["logits"][:4], plain["logits"], atol=1e-4)      # true pairings first
     assert torch.allclose(both["logits"][4:], swapped["logits"], atol=1e-4)    # then the other video's reference
     assert not torch.allclose(both["logits"][4:], plain["logits"], atol=1e-4)
+
+
+def test_the_reference_pass_leaves_the_detectors_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    model = build_refdet_model(support_size=SUPPORT, embed_dim=32).train()
+    images, support, _ = _inputs()
+    bn = model.backbone.stem[0].bn
+    before = bn.running_mean.clone()
+    model.encode_support(support)               # the siamese pass: running statistics untouched
+    assert torch.equal(bn.running_mean, before) and model.backbone.training and bn.training
+    model.features(images)                       # query frames: statistics move
+    assert not torch.equal(bn.running_mean, before)
