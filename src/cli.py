@@ -49,6 +49,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--patience", type=int, default=10, help="early-stopping patience in epochs; <= 0 disables")
     add_flag(g, "--grad-accum", type=int, default=1, help="accumulate gradients over N steps")
     add_flag(g, "--clip-grad", type=float, default=None, help="clip gradient norm to this value")
+    add_flag(g, "--ema-decay", type=float, default=None,
+             help="evaluate and save an exponential moving average of the weights with this decay "
+                  "(e.g. 0.9999; warmed up from 0, so short runs average recent steps); default off")
     add_flag(g, "--max-bad-steps", type=int, default=10,
              help="stop after this many non-finite losses in a row")
     _str2bool_flag(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")

@@ -467,7 +467,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     cli.add_flag(o, "--gradient-accumulation", type=int, dest="grad_accum", default=argparse.SUPPRESS,
                  help="the seed's name for --grad-accum")
     cli.add_flag(o, "--score-threshold", type=float, default=0.5, help="detection score for ST-IoU and --predict")
-    p.set_defaults(weight_decay=5e-4, clip_grad=10.0, batch_size=32, patience=10, epochs=30, num_workers=2)
+    p.set_defaults(weight_decay=5e-4, clip_grad=10.0, batch_size=32, patience=10, epochs=30, num_workers=2, ema_decay=0.9999)
     i = p.add_argument_group("inference and profiling")
     cli.add_flag(i, "--predict", action="store_true",
                  help="write detections for every video under --data-root (challenge submission format)")

@@ -84,6 +84,7 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     show_plot: bool = False
+    ema_decay: float | None = None    # weights EMA for evaluation and checkpoints (timm ModelEmaV3)
     fps_batch_size: int = 16
     fps_min_time_s: float = 1.0
     # per-epoch validation on the first N batches (int) or fraction (float <= 1) of the loader
@@ -100,7 +101,8 @@ def build_train_config(args, **overrides) -> TrainConfig:
                       patience=args.patience, grad_accum=max(1, args.grad_accum), clip_grad=args.clip_grad,
                       max_bad_steps=args.max_bad_steps, amp=args.amp, amp_dtype=args.amp_dtype,
                       compile=args.compile, channels_last=args.channels_last, seed=args.seed,
-                      deterministic=args.deterministic, show_plot=args.plot)
+                      deterministic=args.deterministic, show_plot=args.plot,
+                      ema_decay=getattr(args, "ema_decay", None))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -194,6 +196,13 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,
                                 cfg.scheduler_tmax, cfg.warmup_epochs, cfg.pct_start)
     autocast, amp_dtype, scaler = _autocast(device, cfg)
+    # an exponential moving average of the weights (timm's ModelEmaV3, with warm-up so short runs
+    # average only recent steps) is what gets evaluated and saved: detectors trained from scratch
+    # swing from epoch to epoch, their average does not (YOLOv5/v8 evaluate an EMA too)
+    ema = None
+    if cfg.ema_decay:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
     stopper = EarlyStopping(cfg.patience, task.mode)
     history: dict[str, list] = {}
     start_epoch, train_time = 0, 0.0
@@ -206,6 +215,8 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         stopper.load_state_dict(ckpt["early_stopping"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.module.load_state_dict(ckpt["ema"])
         history, start_epoch, train_time = ckpt["history"], ckpt["epoch"], ckpt.get("train_time_s", 0.0)
         task.warnings.load_state(ckpt.get("data_warnings", {}))
         if ckpt.get("task_state") is not None and hasattr(task, "load_state_dict"):
@@ -220,7 +231,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    eval_model = torch.compile(model) if cfg.compile else model
+    eval_model = ema.module if ema is not None else (torch.compile(model) if cfg.compile else model)
 
     stopped_early = stopper.should_stop
     epoch = start_epoch
@@ -234,7 +245,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
             train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         stats = _train_one_epoch(train_model, task, train_loader, optimizer, scheduler, scaler, autocast,
-                                 cfg, device, dist, epoch)
+                                 cfg, device, dist, epoch, ema, model)
         with autocast():
             valid = task.evaluate(eval_model, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid")
         epoch_time = time.perf_counter() - t0
@@ -252,7 +263,8 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         stopped_early = stopper.should_stop
         if dist.is_main:
             if is_best:
-                atomic_torch_save(_best_payload(model, task, epoch, value, args_record),
+                atomic_torch_save(_best_payload(eval_model if ema is not None else model, task, epoch, value,
+                                                args_record),
                                   os.path.join(run_dir, "best_model.pt"))
             atomic_torch_save({
                 "format_version": FORMAT_VERSION, "model": unwrap_model(model).state_dict(),
@@ -261,6 +273,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
                 "early_stopping": stopper.state_dict(), "history": history, "train_time_s": train_time,
                 "rng": capture_rng_state(), "data_warnings": task.warnings.state(),
                 "task_state": task.state_dict() if hasattr(task, "state_dict") else None,
+                "ema": ema.module.state_dict() if ema is not None else None,
                 "args": args_record or {}, "model_config": task.model_config, "task": task.name,
             }, os.path.join(run_dir, "last.pt"))
             atomic_json_dump(history, os.path.join(run_dir, "history.json"))
@@ -286,7 +299,8 @@ def _best_payload(model, task, epoch, value, args_record) -> dict:
             "args": args_record or {}}
 
 
-def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast, cfg, device, dist, epoch):
+def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast, cfg, device, dist, epoch,
+                     ema=None, raw_model=None):
     model.train()
     loss_sum, n_sum, bad_steps, bad_in_row, data_time = 0.0, 0, 0, 0, 0.0
     non_blocking = device.type == "cuda"
@@ -335,6 +349,8 @@ def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast
                     optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
+            if ema is not None:    # the scheduler's step count restarts with it on --resume
+                ema.update(raw_model, step=scheduler.last_epoch)
             micro, accumulated = 0, False
         bar.update(1)
         if bar.n % 5 == 0 or bar.n == len(loader):

@@ -119,3 +119,23 @@ def test_cosine_schedule_with_warmup_and_tmax():
         sched.step()
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
     assert lrs[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 8)) for t in range(8)])
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed(tmp_path):
+    model, metrics, history = _fit(tmp_path, TinyTask(), epochs=2, ema_decay=0.9)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    # the EMA is its own set of weights, not the last step's
+    assert not torch.equal(last["ema"]["weight"], last["model"]["weight"])
+    if metrics["best_epoch"] == 2:      # the best checkpoint holds the EMA weights
+        assert torch.equal(best["model"]["weight"], last["ema"]["weight"])
+    # what was scored is what was saved: best_model.pt's weights give the history's best value
+    assert history["valid_loss"][metrics["best_epoch"] - 1] == pytest.approx(
+        TinyTask().evaluate(_linear(best["model"]), make_loader(_data(16), batch_size=8, train=False, seed=0,
+                                                                 collate_fn=None), None, "valid")["loss"], rel=1e-6)
+
+
+def _linear(state):
+    layer = nn.Linear(4, 1)
+    layer.load_state_dict(state)
+    return layer
