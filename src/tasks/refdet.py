@@ -54,7 +54,7 @@ STAGES = {
 # pretrained weights offline) so the support cache serves every step; sized to finish in CPU minutes
 DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, frame_stride=2, n_way=2, n_query=4,
                      n_background=2, n_episodes=70, epochs=15, warmup_epochs=0.5, background_frames=12, num_workers=1,
-                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.25)
+                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1)
 
 
 # ----------------------------------------------------------------------------- task
@@ -368,13 +368,16 @@ def write_preview(video_path: str, found: dict[int, list], out_path: str, fps: f
                 container.mux(packet)
 
 
-def predict_main(args) -> int:
+def predict_main(args, threshold_typed: bool = False) -> int:
     if not args.weights:
         raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
     if not args.data_root:
         raise cli.DataError("--predict needs --data-root (a folder with samples/<video_id>/)")
     device = D.resolve_device(args.device)
     model, cfg = load_for_inference(args.weights, device)
+    # the threshold the model was validated with, unless one is typed
+    threshold = args.score_threshold if threshold_typed else cfg.get("score_threshold", args.score_threshold)
+    print(f"score threshold {threshold}")
     warnings = DataWarnings()
     records = read_aeroeyes(args.data_root, args.annotations, warnings, require_boxes=False)
     found_all = {}
@@ -382,7 +385,7 @@ def predict_main(args) -> int:
         t0 = time.perf_counter()
         clips = VideoClips([rec], cfg["image_size"], cfg["support_size"], stride=args.frame_stride,
                            chunk=args.batch_size)
-        found = detect_video(model, clips, device, args.score_threshold)
+        found = detect_video(model, clips, device, threshold)
         found_all[rec.video_id] = found
         print(f"{rec.video_id}: {len(found)} frames with the object ({time.perf_counter() - t0:.1f} s)")
         if args.preview:
@@ -555,7 +558,7 @@ def main(argv: Sequence[str] | None = None,
     parser = build_parser(description)
     args = parse_args(parser, argv)
     if args.predict:
-        return predict_main(args)
+        return predict_main(args, "score_threshold" in cli.explicit_args(parser, argv))
     if args.frame_cache_size is not None:
         log.info("--frame-cache-size: frames are read from the on-disk JPEG cache; the flag is accepted and unused")
     dist = D.init_distributed(args.device)
@@ -563,7 +566,8 @@ def main(argv: Sequence[str] | None = None,
         device = D.resolve_device(args.device, dist.local_rank)
         setup_logging(None, dist.is_main)
         name = args.model_name or "yolov8n_refdet"
-        model_config = {k: getattr(args, k) for k in MODEL_KEYS} | {"model_name": name}
+        model_config = {k: getattr(args, k) for k in MODEL_KEYS} | {"model_name": name,
+                                                                     "score_threshold": args.score_threshold}
         criterion = RefDetCriterion(box_loss=args.bbox_loss, cls_loss=args.cls_loss, box_weight=args.box_weight,
                                     dfl_weight=args.dfl_weight, cls_weight=args.cls_weight,
                                     supcon_weight=args.supcon_weight, supcon_temperature=args.supcon_temperature)
