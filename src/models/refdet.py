@@ -261,6 +261,14 @@ class RefDetHead(nn.Module):
         return {"logits": logits, "dist": torch.cat(dists, 1), "embed": embed}
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for a few rows (V videos) indexed many times (B frames), as a one-hot matmul:
+    the backward of ``x[index]`` with repeated indices is a scatter-add whose summation order
+    varies between CPU threads, which made two runs with the same seed differ in the last bits."""
+    onehot = F.one_hot(index, x.shape[0]).to(x.dtype)                       # B, V
+    return (onehot @ x.reshape(x.shape[0], -1)).reshape(index.shape[0], *x.shape[1:])
+
+
 @contextmanager
 def _frozen_batchnorm(*modules: nn.Module):
     """BatchNorm layers in eval mode for a pass over the references: they are normalized with the
@@ -350,12 +358,13 @@ class RefDetModel(nn.Module):
                 missing.append(v)
             else:
                 parts[v] = hit
-        if missing:
-            with torch.no_grad():
-                fresh = enc.frozen_tokens(support[missing].flatten(0, 1)).reshape(len(missing), K, -1, enc.dim)
-            for i, v in enumerate(missing):
-                parts[v] = fresh[i]
-                cache.put(keys[v], fresh[i].detach())
+        with torch.no_grad():
+            for v in missing:
+                # one video at a time: its tokens must not depend on which other videos shared the batch
+                # (matmul kernels round differently for other batch sizes), or a resumed run, whose cache
+                # starts empty, would drift from an uninterrupted one in the last bits
+                parts[v] = enc.frozen_tokens(support[v])                 # K, T, D
+                cache.put(keys[v], parts[v].detach())
         frozen = torch.stack([p.to(flat.dtype) if p.dtype != flat.dtype and not torch.is_autocast_enabled() else p
                               for p in parts]).flatten(0, 1)
         return enc.trainable_tokens(frozen)
@@ -390,11 +399,11 @@ class RefDetModel(nn.Module):
         return list(self.neck(*self.backbone(images)))
 
     def fuse(self, feats: list[torch.Tensor], support: SupportFeatures, query_video: torch.Tensor) -> list:
-        return [fuse(x, protos[query_video], tokens[query_video])
+        return [fuse(x, gather_rows(protos, query_video), gather_rows(tokens, query_video))
                 for fuse, x, protos, tokens in zip(self.fusion, feats, support.protos, support.tokens)]
 
     def predict(self, fused: list[torch.Tensor], support: SupportFeatures, query_video: torch.Tensor) -> dict:
-        proto = support.embed[query_video]
+        proto = gather_rows(support.embed, query_video)
         out = self.head(fused, proto)
         anchors, strides = make_anchors([tuple(f.shape[-2:]) for f in fused], STRIDES, device=fused[0].device)
         return {**out, "anchors": anchors, "strides": strides, "proto": proto}
