@@ -65,7 +65,8 @@ class SupportCache:
         if size > self.max_bytes:
             return
         if key in self._items:
-            self._bytes -= self._items.pop(key).numel() * value.element_size()
+            old = self._items.pop(key)
+            self._bytes -= old.numel() * old.element_size()
         self._items[key] = value
         self._bytes += size
         while self._bytes > self.max_bytes:
@@ -365,9 +366,7 @@ class RefDetModel(nn.Module):
                 # starts empty, would drift from an uninterrupted one in the last bits
                 parts[v] = enc.frozen_tokens(support[v])                 # K, T, D
                 cache.put(keys[v], parts[v].detach())
-        frozen = torch.stack([p.to(flat.dtype) if p.dtype != flat.dtype and not torch.is_autocast_enabled() else p
-                              for p in parts]).flatten(0, 1)
-        return enc.trainable_tokens(frozen)
+        return enc.trainable_tokens(torch.stack(parts).flatten(0, 1))
 
     def encode_support(self, support: torch.Tensor, keys: list[str] | None = None) -> SupportFeatures:
         """Prototypes of V videos from their K reference images each: (V, K, 3, s, s)."""

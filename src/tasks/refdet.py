@@ -526,11 +526,12 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
         raise cli.DataError(f"{args.data_root}: need at least one training and one validation video "
                             f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
     cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
-    if dist.is_main:
-        ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, warnings)
+    # rank 0 extracts (and counts the warnings); the others read the finished indexes afterwards
+    indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, warnings) if dist.is_main else None
     D.barrier()
-    indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, DataWarnings(),
-                                 log_progress=False)
+    if indexes is None:
+        indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, DataWarnings(),
+                                     log_progress=False)
     train = [r for r in train if r.video_id in indexes]
     frames = RefDetFrames(train, indexes, args.image_size, args.support_size, args.support_views, augment=args.augment)
     sampler = EpisodeSampler(frames, args.n_way, args.n_query, args.n_background, args.n_episodes, args.support_views,
