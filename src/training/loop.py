@@ -241,8 +241,11 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         # every epoch starts from RNG states that depend only on (seed, epoch, rank): a resumed run
         # shuffles, augments and drops out exactly like an uninterrupted one
         seed_everything(cfg.seed + 1000 * epoch + dist.rank)
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        # a batch_sampler (OCR buckets, refdet episodes) is where the epoch matters when there is one:
+        # the loader's .sampler is then a plain SequentialSampler and every epoch would replay epoch 0
+        for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         stats = _train_one_epoch(train_model, task, train_loader, optimizer, scheduler, scaler, autocast,
                                  cfg, device, dist, epoch, ema, model)

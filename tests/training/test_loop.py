@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from src.data.loading import DataWarnings, make_loader
 from src.training.loop import EarlyStopping, TrainConfig, TrainingError, fit
@@ -96,6 +96,35 @@ def test_history_and_metrics_keys(tmp_path):
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert metrics["num_params"] == 5 and metrics["size_mb"] == pytest.approx(5 * 4 / 2 ** 20, abs=1e-4)
     assert metrics["fps"] > 0 and metrics["fps_batch_size"] == 16 and metrics["fps_dtype"] == "float32"
+
+
+class EpochBatches(Sampler):
+    """A batch_sampler that batches differently every epoch (like OCR buckets or refdet episodes)."""
+
+    def __init__(self, n, batch_size):
+        self.n, self.batch_size, self.epoch, self.seen = n, batch_size, 0, []
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.seen.append(self.epoch)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch)).tolist()
+        return iter([order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)])
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+def test_batch_sampler_gets_each_epoch(tmp_path):
+    # the loop must reach a batch_sampler's set_epoch: DataLoader.sampler is then a SequentialSampler, and a
+    # loop that only looks there replays epoch 0's batches every epoch
+    sampler = EpochBatches(32, 8)
+    train = DataLoader(_data(), batch_sampler=sampler)
+    valid = make_loader(_data(16), batch_size=8, train=False, seed=0, collate_fn=None)
+    fit(nn.Linear(4, 1), TinyTask(), train, valid, TrainConfig(epochs=3, head_lr=0.05, fps_min_time_s=0.01),
+        str(tmp_path), torch.device("cpu"))
+    assert sampler.seen == [1, 2, 3]
 
 
 def test_grad_accumulation_matches_large_batch():
