@@ -17,6 +17,12 @@ Training (frames from ``src.tools.extract_frames``' cache, never decoded from th
   letterboxed to ``support_size``. View 0 is the plain photos; views 1..augment_views-1 are
   augmentations seeded by (video id, view, image index), so a support-feature cache keyed by
   ``"video_id@view"`` stays valid for the whole run.
+* Episode-consistent colour swap (``permute_colours``): a video's frames and its references in one
+  episode get the same RGB channel reorder (one of six, ``"video_id@viewcN"`` in the cache), so a
+  red target becomes a green or blue one together with its photos. A small training set then cannot
+  be learned as "these N objects are targets": which object is the target changes from episode to
+  episode, and only comparing with the references tells (per-episode identity augmentation, as
+  few-shot detectors vary the class set per episode).
 
 Episode contract (:class:`EpisodeSampler` -> dataset -> :func:`collate_episode`):
 
@@ -59,6 +65,13 @@ log = logging.getLogger(__name__)
 
 K_SUPPORT = 3
 MIN_VISIBLE = 0.5        # share of a box's area that must stay in view after augmentation
+# RGB channel orders for episode-consistent colour swaps (--permute-colours); 0 is the identity
+COLOUR_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def support_key(video_id: str, view: int, colour: int = 0) -> str:
+    """Support-cache key of a video's references at ``view`` under colour permutation ``colour``."""
+    return f"{video_id}@{view}" + (f"c{colour}" if colour else "")
 
 
 class EpisodeItem(NamedTuple):
@@ -67,6 +80,7 @@ class EpisodeItem(NamedTuple):
     slot: int        # position of its video in the episode's video list
     view: int        # support view of that video in this episode
     support: bool    # this item carries its video's support tensor (the video's first item)
+    colour: int = 0  # index into COLOUR_PERMUTATIONS, applied to the frame AND the support (0 = none)
 
 
 def _seed(*parts: Any) -> int:
@@ -74,13 +88,15 @@ def _seed(*parts: Any) -> int:
     return zlib.crc32("/".join(str(p) for p in parts).encode("utf-8"))
 
 
-def load_support(record: VideoRecord, support_size: int, view: int = 0, augment_views: int = 1) -> torch.Tensor:
+def load_support(record: VideoRecord, support_size: int, view: int = 0, augment_views: int = 1,
+                 colour: int = 0) -> torch.Tensor:
     """(K=3, 3, s, s) float normalized reference photos of ``record``, letterboxed to ``support_size``.
 
     View 0: the plain photos. View v in 1..augment_views-1: each photo k gets a random resized crop
     (70-100% of the area, aspect kept within 0.85-1.18x), a horizontal flip (p 0.5), a rotation by
     0/90/180/270 degrees and a colour jitter, all drawn from a generator seeded by (video id, v, k):
-    the same view is the same tensor in every worker, epoch and run. Raises :class:`BadImage`.
+    the same view is the same tensor in every worker, epoch and run. ``colour`` > 0 reorders the RGB
+    channels (``COLOUR_PERMUTATIONS``) as the episode does to the video's frames. Raises :class:`BadImage`.
     """
     if not 0 <= view < max(1, augment_views):
         raise ValueError(f"support view {view} outside [0, {augment_views})")
@@ -101,6 +117,8 @@ def load_support(record: VideoRecord, support_size: int, view: int = 0, augment_
                 image = aug(image)
                 turns = int(torch.randint(4, ()))
             image = tv_tensors.wrap(torch.rot90(image, turns, dims=(-2, -1)), like=image)
+        if colour:
+            image = tv_tensors.wrap(image[list(COLOUR_PERMUTATIONS[colour])], like=image)
         image, _, _ = letterbox(image, None, support_size)
         out.append(image_to_tensor(image))
     return torch.stack(out)
@@ -143,7 +161,7 @@ class RefDetFrames(Dataset):
             v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.7, 1.3), fill=PAD_VALUE)])
         self.jitter = v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02)
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=2, labels_getter=None)
-        self._supports: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self._supports: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,13 +170,13 @@ class RefDetFrames(Dataset):
         v, frame = self.items[i]
         return os.path.join(self.indexes[self.records[v].video_id]["dir"], f"{frame:06d}.jpg")
 
-    def support(self, video: int, view: int) -> torch.Tensor:
-        """Support tensor of ``self.records[video]`` at ``view``, kept in a small per-worker LRU cache."""
-        key = (video, view)
+    def support(self, video: int, view: int, colour: int = 0) -> torch.Tensor:
+        """Support tensor of ``self.records[video]`` at ``view`` / ``colour``, kept in a small per-worker LRU cache."""
+        key = (video, view, colour)
         if key in self._supports:
             self._supports.move_to_end(key)
             return self._supports[key]
-        tensor = load_support(self.records[video], self.support_size, view, self.augment_views)
+        tensor = load_support(self.records[video], self.support_size, view, self.augment_views, colour)
         self._supports[key] = tensor
         if len(self._supports) > 64:
             self._supports.popitem(last=False)
@@ -192,14 +210,16 @@ class RefDetFrames(Dataset):
             image, boxes, scale = letterbox(TF.to_image(img), boxes, self.image_size)
             if self.augment:
                 image, boxes = self._augment(image, boxes)
+            if episode is not None and episode.colour:
+                image = tv_tensors.wrap(image[list(COLOUR_PERMUTATIONS[episode.colour])], like=image)
             out = {"image": image_to_tensor(image), "boxes": boxes.as_subclass(torch.Tensor).float().reshape(-1, 4),
                    "video": v, "frame": frame, "key": key, "scale": scale}
         if episode is not None:
             out["slot"] = episode.slot
             if episode.support:
                 try:
-                    out["support"] = self.support(v, episode.view)
-                    out["support_key"] = f"{vid}@{episode.view}"
+                    out["support"] = self.support(v, episode.view, episode.colour)
+                    out["support_key"] = support_key(vid, episode.view, episode.colour)
                 except BadImage as exc:
                     out["support_bad"] = (exc.path, exc.reason)
         return out
@@ -210,7 +230,9 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
 
     Each episode: ``n_way`` distinct videos (those with at least one annotated frame), each with
     ``n_query`` annotated + ``n_background`` background frames drawn without replacement (fewer if
-    the video has fewer), and a support view drawn uniformly in ``[0, augment_views)``. Videos are
+    the video has fewer), a support view drawn uniformly in ``[0, augment_views)`` and, with
+    ``permute_colours``, one of the six RGB channel orders for the video's frames and references
+    alike. Videos are
     dealt from successive random permutations, so each video comes up about equally often. Seeded by
     ``(seed, epoch)`` (:meth:`set_epoch`), so a resumed run replays the same episodes. Under DDP the
     epoch's episodes (padded to a multiple of ``world_size``) are dealt round-robin to ranks; ``len``
@@ -218,8 +240,8 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
     """
 
     def __init__(self, dataset: RefDetFrames, n_way: int = 2, n_query: int = 4, n_background: int = 2,
-                 n_episodes: int = 100, augment_views: int = 1, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 n_episodes: int = 100, augment_views: int = 1, permute_colours: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.video_items = dataset.video_items
         self.eligible = [v for v, (ann, _) in enumerate(self.video_items) if ann]
         if not self.eligible:
@@ -230,6 +252,7 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
         self.n_way = max(1, min(n_way, len(self.eligible)))
         self.n_query, self.n_background = n_query, n_background
         self.n_episodes, self.augment_views = n_episodes, max(1, augment_views)
+        self.permute_colours = permute_colours
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
 
@@ -258,7 +281,9 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
                 if bg and self.n_background > 0:
                     chosen += [bg[j] for j in rng.choice(len(bg), min(self.n_background, len(bg)), replace=False)]
                 view = int(rng.integers(self.augment_views))
-                episode += [EpisodeItem(int(i), slot, view, k == 0) for k, i in enumerate(chosen)]
+                # drawn only when enabled, so runs without it replay the same episodes as before
+                colour = int(rng.integers(len(COLOUR_PERMUTATIONS))) if self.permute_colours else 0
+                episode += [EpisodeItem(int(i), slot, view, k == 0, colour) for k, i in enumerate(chosen)]
             out.append(episode)
         return out[self.rank::self.world_size]
 

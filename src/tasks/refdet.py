@@ -54,7 +54,8 @@ STAGES = {
 # pretrained weights offline) so the support cache serves every step; sized to finish in CPU minutes
 DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, frame_stride=2, n_way=2, n_query=4,
                      n_background=2, n_episodes=70, epochs=15, warmup_epochs=0.5, background_frames=12, num_workers=1,
-                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1)
+                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1,
+                     permute_colours=True)
 
 
 # ----------------------------------------------------------------------------- task
@@ -426,6 +427,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                  help="fixed augmented versions of each video's references (1 = no support augmentation)")
     cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
                  help="flips, scale/translate and colour jitter on query frames")
+    cli.add_flag(d, "--permute-colours", action=argparse.BooleanOptionalAction, default=False,
+                 help="per episode, reorder the RGB channels of a video's frames and its references alike (one of "
+                      "six orders), so few training objects cannot be memorized as the targets (on in --demo)")
     cli.add_flag(d, "--n-way", type=int, default=2, help="videos per episode")
     cli.add_flag(d, "--n-query", type=int, default=4, help="annotated frames per video per episode")
     cli.add_flag(d, "--n-background", type=int, default=1, help="background frames per video per episode")
@@ -535,7 +539,7 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
     train = [r for r in train if r.video_id in indexes]
     frames = RefDetFrames(train, indexes, args.image_size, args.support_size, args.support_views, augment=args.augment)
     sampler = EpisodeSampler(frames, args.n_way, args.n_query, args.n_background, args.n_episodes, args.support_views,
-                             seed=args.seed, rank=dist.rank, world_size=dist.world_size)
+                             args.permute_colours, seed=args.seed, rank=dist.rank, world_size=dist.world_size)
     loader_kw = dict(num_workers=args.num_workers, pin_memory=args.pin_memory)
     out = {"train": torch.utils.data.DataLoader(frames, batch_sampler=sampler, collate_fn=collate_episode,
                                                 **loader_kw),

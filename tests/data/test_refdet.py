@@ -17,8 +17,8 @@ from src.data.aeroeyes import VideoRecord, read_aeroeyes
 from src.data.demo_refdet import ensure_demo_refdet
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, letterbox, load_rgb
 from src.data.loading import DataWarnings
-from src.data.refdet import (EpisodeItem, EpisodeSampler, RefDetFrames, VideoClips, collate_episode, load_support,
-                             video_truth)
+from src.data.refdet import (COLOUR_PERMUTATIONS, EpisodeItem, EpisodeSampler, RefDetFrames, VideoClips,
+                             collate_episode, load_support, video_truth)
 from src.tools.extract_frames import ensure_frame_cache
 
 S, SUP = 64, 32
@@ -174,6 +174,29 @@ def test_episode_sampler_contract(demo):
     few = list(_sampler(ds, n_query=1000, n_background=0, n_way=5))[0]
     assert len({it.slot for it in few}) == 3                          # n_way capped at the 3 videos
     assert len(few) == len(ds) - 3 * 4                                # every annotated frame, no background
+
+
+def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+
+
+def test_permute_colours_swaps_frame_and_references_alike(demo):
+    records, indexes = demo
+    ds = RefDetFrames(records, indexes, S, SUP, augment_views=3)
+    assert all(it.colour == 0 for ep in _sampler(ds) for it in ep)      # off by default
+    episodes = list(_sampler(ds, permute_colours=True, n_episodes=12))
+    for ep in episodes:                                                 # one colour per video per episode
+        assert all(len({it.colour for it in ep if it.slot == s}) == 1 for s in {it.slot for it in ep})
+    assert len({it.colour for ep in episodes for it in ep}) >= 4
+    # the same item under order (2, 0, 1): frame and references are the plain ones with channels reordered
+    c = COLOUR_PERMUTATIONS.index((2, 0, 1))
+    plain, swapped = ds[EpisodeItem(0, 0, 1, True)], ds[EpisodeItem(0, 0, 1, True, c)]
+    for a, b in ((plain["image"], swapped["image"]), (plain["support"][0], swapped["support"][0])):
+        assert torch.allclose(_unnormalize(b), _unnormalize(a)[[2, 0, 1]], atol=1e-5)
+        assert not torch.allclose(a, b, atol=0.05)
+    assert torch.equal(plain["boxes"], swapped["boxes"])
+    assert (plain["support_key"], swapped["support_key"]) == (f"{records[0].video_id}@1",
+                                                              f"{records[0].video_id}@1c{c}")
 
 
 def test_collate_episode(demo):
