@@ -16,11 +16,14 @@ is annotated in 40-70% of the frames, in 1-3 visible segments; a frame is annota
 of the target's box is inside it (the box is clipped to the frame). Distractors are placed where the
 camera passes, some in frames without the target, so background frames hold hard negatives.
 
-``object_images/img_{1,2,3}.jpg`` show the target alone, like photos taken separately: another scale
-(0.8-1.6x), another rotation, another brightness, on a blurred ground patch or a plain surface.
+``object_images/img_{1,2,3}.jpg`` show the target alone, like photos taken separately: close-ups
+(the object spans 45-85% of the photo's shorter side), another rotation, another brightness, on a
+blurred ground patch or a plain surface.
 
 Every video has its own target. Validation videos have new grounds and paths, and targets that no
-training video has; at least one is a shape-colour pair that no training target has. ``README.txt``
+training video has; at least one is a shape-colour pair that no training target has. Validation
+targets are drawn first and every video has its own random generator (seed, video id), so a set with
+more training videos has the same validation videos: runs on sets of different sizes compare. ``README.txt``
 and ``demo.json`` record every video's attributes, ``splits.txt`` the split (``video_id train|valid``,
 the format ``split_videos`` reads).
 
@@ -33,13 +36,14 @@ import json
 import math
 import os
 import shutil
+import zlib
 from dataclasses import asdict, dataclass
 
 import av
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-VERSION = 3
+VERSION = 6
 SHAPES = ("rectangle", "ellipse", "rounded", "triangle")
 COLOURS = {"red": (220, 45, 40), "blue": (45, 90, 225), "yellow": (240, 210, 40), "white": (238, 238, 232),
            "magenta": (205, 60, 205), "cyan": (40, 200, 215)}
@@ -273,10 +277,11 @@ def _reference(rng: np.random.Generator, attrs: Attrs, length: float, video_angl
     else:
         bg = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(150, 225, size=3)))
     angle = video_angle + rng.uniform(40, 320)
-    sprite = _sprite(attrs, length * rng.uniform(0.8, 1.6), angle)
-    fit = 0.85 * min(w, h) / max(sprite.size)
-    if fit < 1:
-        sprite = sprite.resize((max(1, round(sprite.width * fit)), max(1, round(sprite.height * fit))), Image.LANCZOS)
+    # a close-up, as the challenge's photos are: the object spans 45-85% of the photo's shorter side
+    # (a global descriptor of a photo that is mostly ground would describe the ground)
+    x1, y1, x2, y2 = _alpha_box(_sprite(attrs, length, angle))
+    fit = rng.uniform(0.45, 0.85) * min(w, h) / max(x2 - x1, y2 - y1)
+    sprite = _sprite(attrs, length * fit, angle)            # drawn at its size: crisp edges, not upscaled
     x = (w - sprite.width) // 2 + int(rng.integers(-6, 7))
     y = (h - sprite.height) // 2 + int(rng.integers(-6, 7))
     bg.paste(sprite, (min(max(x, 0), w - sprite.width), min(max(y, 0), h - sprite.height)), sprite)
@@ -377,26 +382,32 @@ def _make_video(rng: np.random.Generator, folder: str, target: Attrs, n_frames: 
 
 
 def _pick_targets(rng: np.random.Generator, n_train: int, n_valid: int) -> tuple[list[Attrs], list[Attrs]]:
-    """Train targets spread over every shape and colour; validation targets unseen in training, the
-    first one with a shape-colour pair no training target has."""
+    """Validation targets first (so they do not depend on ``n_train``), the first one with a
+    shape-colour pair reserved for it; then training targets spread over every shape and colour,
+    none of them a validation target or of the reserved shape-colour pair."""
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))]
     colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))]
-    train: list[Attrs] = []
-    for i in range(n_train):
-        shape, colour = shapes[i % len(shapes)], colours[(i + i // 12) % len(colours)]
-        options = [a for a in ALL_ATTRS if a.shape == shape and a.colour == colour and a not in train]
-        train.append(options[int(rng.integers(len(options)))])
-    pairs = {(a.shape, a.colour) for a in train}
-    novel_pair = [a for a in ALL_ATTRS if (a.shape, a.colour) not in pairs]
-    unseen = [a for a in ALL_ATTRS if a not in train]
+    reserved = (shapes[-1], colours[-1])
     valid: list[Attrs] = []
     for i in range(n_valid):
-        pool = [a for a in (novel_pair if i == 0 and novel_pair else unseen) if a not in valid]
+        pool = [a for a in ALL_ATTRS if a not in valid and ((a.shape, a.colour) == reserved) == (i == 0)]
         valid.append(pool[int(rng.integers(len(pool)))])
+    train_rng = np.random.default_rng(rng.integers(2 ** 63))
+    train: list[Attrs] = []
+    i = 0
+    while len(train) < n_train:
+        shape, colour = shapes[i % len(shapes)], colours[(i + i // 12) % len(colours)]
+        i += 1
+        options = [a for a in ALL_ATTRS if a.shape == shape and a.colour == colour and a not in train
+                   and a not in valid and (shape, colour) != reserved]
+        if options:
+            train.append(options[int(train_rng.integers(len(options)))])
+        elif i > 4 * len(ALL_ATTRS):
+            raise ValueError(f"at most {len(train)} distinct training targets, asked for {n_train}")
     return train, valid
 
 
-def ensure_demo_refdet(root: str = "data/demo/refdet", seed: int = 0, train_videos: int = 16, valid_videos: int = 4,
+def ensure_demo_refdet(root: str = "data/demo/refdet", seed: int = 0, train_videos: int = 48, valid_videos: int = 8,
                        frames: tuple[int, int] = (100, 120), size: tuple[int, int] = (384, 224),
                        zoom: bool = True) -> str:
     """Generate the demo set under ``root`` unless an identical one is there; returns ``root``.
@@ -421,8 +432,10 @@ def ensure_demo_refdet(root: str = "data/demo/refdet", seed: int = 0, train_vide
         object_size = (H / 8, H / 4)
         entries, facts = [], []
         for vid, target in zip(ids, train_t + valid_t):
-            n = int(rng.integers(frames[0], frames[1] + 1))
-            info = _make_video(rng, os.path.join(tmp, "samples", vid), target, n, (W, H), object_size, zoom)
+            # one generator per video: adding training videos leaves every other video as it was
+            video_rng = np.random.default_rng([seed, zlib.crc32(vid.encode())])
+            n = int(video_rng.integers(frames[0], frames[1] + 1))
+            info = _make_video(video_rng, os.path.join(tmp, "samples", vid), target, n, (W, H), object_size, zoom)
             entries.append({"video_id": vid, "annotations": [{"bboxes": g} for g in info["groups"]]})
             split = "train" if vid.startswith("train") else "valid"
             facts.append({"video_id": vid, "split": split, "num_frames": n, "codec": info["codec"],
