@@ -53,7 +53,7 @@ STAGES = {
 # --demo: small frames and references, DINO fully frozen (its 21.6M parameters are random here: no
 # pretrained weights offline) so the support cache serves every step; sized to finish in CPU minutes
 DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, frame_stride=2, n_way=2, n_query=4,
-                     n_background=2, n_episodes=70, epochs=15, warmup_epochs=0.5, background_frames=12, num_workers=1,
+                     n_background=2, n_episodes=70, epochs=12, warmup_epochs=0.5, background_frames=12, num_workers=1,
                      patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1,
                      permute_colours=True)
 

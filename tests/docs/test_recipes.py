@@ -18,9 +18,11 @@ PAGES = {
     # token layout is tested in tests/models/test_ovd.py); everything else as written
     "docs/train_ovd.md": SMALL_RUN + ["--image-encoder", "resnet18", "--feature-index", "2", "--image-size", "64",
                                       "--out-dim", "32", "--buckets", "1024", "--num-workers", "0"],
-    # the demo's videos at 64 px with 32 px references, 3 episodes, every 8th validation frame
+    # the demo's videos at 64 px with 32 px references, 3 episodes, 6 training and 2 validation videos,
+    # every 8th validation frame
     "docs/train_yolov8n_refdet.md": SMALL_RUN + ["--image-size", "64", "--support-size", "32", "--embed-dim", "16",
-                                                 "--n-episodes", "3", "--frame-stride", "8", "--num-workers", "0"],
+                                                 "--n-episodes", "3", "--frame-stride", "8", "--num-workers", "0",
+                                                 "--train-limit", "6", "--valid-limit", "2"],
 }
 TIMM_NAMES = {"train_MobileNetV3_Small_BoT_Linear.py": "mobilenetv3_small_100", "train_ResNet18_Hybrid.py": "resnet18",
               "train_ovd.py": "resnet18", "train_yolov8n_refdet.py": "vit_small_patch16_dinov3"}
