@@ -232,8 +232,8 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
     ``n_query`` annotated + ``n_background`` background frames drawn without replacement (fewer if
     the video has fewer), a support view drawn uniformly in ``[0, augment_views)`` and, with
     ``permute_colours``, one of the six RGB channel orders for the video's frames and references
-    alike. Videos are
-    dealt from successive random permutations, so each video comes up about equally often. Seeded by
+    alike. Videos are dealt from successive random permutations, so each video comes up about
+    equally often. Seeded by
     ``(seed, epoch)`` (:meth:`set_epoch`), so a resumed run replays the same episodes. Under DDP the
     epoch's episodes (padded to a multiple of ``world_size``) are dealt round-robin to ranks; ``len``
     is this rank's count.
