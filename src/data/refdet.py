@@ -69,6 +69,13 @@ MIN_VISIBLE = 0.5        # share of a box's area that must stay in view after au
 COLOUR_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
+def reorder_channels(image: tv_tensors.Image, colour: int) -> tv_tensors.Image:
+    """``image`` (3, H, W) with its RGB channels in order ``COLOUR_PERMUTATIONS[colour]`` (0: unchanged)."""
+    if not colour:
+        return image
+    return tv_tensors.wrap(image[list(COLOUR_PERMUTATIONS[colour])], like=image)
+
+
 def support_key(video_id: str, view: int, colour: int = 0) -> str:
     """Support-cache key of a video's references at ``view`` under colour permutation ``colour``."""
     return f"{video_id}@{view}" + (f"c{colour}" if colour else "")
@@ -117,9 +124,7 @@ def load_support(record: VideoRecord, support_size: int, view: int = 0, augment_
                 image = aug(image)
                 turns = int(torch.randint(4, ()))
             image = tv_tensors.wrap(torch.rot90(image, turns, dims=(-2, -1)), like=image)
-        if colour:
-            image = tv_tensors.wrap(image[list(COLOUR_PERMUTATIONS[colour])], like=image)
-        image, _, _ = letterbox(image, None, support_size)
+        image, _, _ = letterbox(reorder_channels(image, colour), None, support_size)
         out.append(image_to_tensor(image))
     return torch.stack(out)
 
@@ -210,8 +215,8 @@ class RefDetFrames(Dataset):
             image, boxes, scale = letterbox(TF.to_image(img), boxes, self.image_size)
             if self.augment:
                 image, boxes = self._augment(image, boxes)
-            if episode is not None and episode.colour:
-                image = tv_tensors.wrap(image[list(COLOUR_PERMUTATIONS[episode.colour])], like=image)
+            if episode is not None:
+                image = reorder_channels(image, episode.colour)
             out = {"image": image_to_tensor(image), "boxes": boxes.as_subclass(torch.Tensor).float().reshape(-1, 4),
                    "video": v, "frame": frame, "key": key, "scale": scale}
         if episode is not None:

@@ -243,7 +243,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         seed_everything(cfg.seed + 1000 * epoch + dist.rank)
         # a batch_sampler (OCR buckets, refdet episodes) is where the epoch matters when there is one:
         # the loader's .sampler is then a plain SequentialSampler and every epoch would replay epoch 0
-        for sampler in (getattr(train_loader, "sampler", None), getattr(train_loader, "batch_sampler", None)):
+        for sampler in (train_loader.sampler, train_loader.batch_sampler):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
         t0 = time.perf_counter()

@@ -33,10 +33,14 @@ def demo(tmp_path_factory):
     return records, indexes
 
 
+def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    """Normalized (3, H, W) -> [0, 1] RGB."""
+    return x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+
+
 def _pixels(image: torch.Tensor) -> torch.Tensor:
     """Normalized (3, H, W) -> [0, 1] grey (H, W)."""
-    x = image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
-    return x.mean(0)
+    return _unnormalize(image).mean(0)
 
 
 def test_items_in_letterboxed_pixels(demo):
@@ -174,10 +178,6 @@ def test_episode_sampler_contract(demo):
     few = list(_sampler(ds, n_query=1000, n_background=0, n_way=5))[0]
     assert len({it.slot for it in few}) == 3                          # n_way capped at the 3 videos
     assert len(few) == len(ds) - 3 * 4                                # every annotated frame, no background
-
-
-def _unnormalize(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
 
 
 def test_permute_colours_swaps_frame_and_references_alike(demo):
