@@ -72,7 +72,7 @@ from PIL import Image  # noqa: E402
 from rapidfuzz.distance import Levenshtein  # noqa: E402
 from torch import nn  # noqa: E402
 
-from src.cli import DataError  # noqa: E402
+from src.errors import DataError  # noqa: E402
 from src.training.perf import round_robin as perf_round_robin  # noqa: E402
 from src.data.demo_ocr import ensure_demo_ocr  # noqa: E402
 from src.data.images import BadImage, load_rgb  # noqa: E402

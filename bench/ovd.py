@@ -70,7 +70,7 @@ import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 from torch import nn  # noqa: E402
 
-from src.cli import DataError  # noqa: E402
+from src.errors import DataError  # noqa: E402
 from src.data.grounding import encode_words  # noqa: E402
 from src.models import ovd_matching  # noqa: E402
 from src.models.ovd import Attention, FusionLayer, build_grounding_model, sine_positions  # noqa: E402

@@ -116,7 +116,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from src.cli import DataError  # noqa: E402
+from src.errors import DataError  # noqa: E402
 from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos  # noqa: E402
 from src.data.demo_refdet import ensure_demo_refdet  # noqa: E402
 from src.data.images import load_rgb  # noqa: E402

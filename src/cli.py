@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Sequence
 
+from src.errors import DataError, TrainingError
 
-class DataError(Exception):
-    """The input as a whole is wrong (missing file, bad column, empty split).
 
-    Scripts print the message as one line and exit with code 2, like argparse does for bad flags.
-    """
 
 
 def add_flag(parser: argparse._ActionsContainer, name: str, **kwargs: Any) -> argparse.Action:
@@ -153,7 +150,6 @@ def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
 def run_main(main, argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; whole-input errors become one line on stderr and exit code 2."""
     import sys
-    from src.training.loop import TrainingError
 
     try:
         return int(main(argv) or 0)

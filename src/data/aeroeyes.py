@@ -13,10 +13,10 @@ the target is visible, and frames without a box are background. A test folder ma
 file. ``ROOT`` may also be given as the ``samples`` folder itself (the seed recipes pass
 ``--data_root ./datasets/train/samples``).
 
-Policy: a malformed or wrongly shaped annotation file is a :class:`~src.cli.DataError` naming the file
+Policy: a malformed or wrongly shaped annotation file is a :class:`~src.errors.DataError` naming the file
 and the place (line/column, or entry); a single bad video is skipped and counted in a
 :class:`~src.data.loading.DataWarnings` (reasons below, on :func:`read_aeroeyes`). Degenerate boxes
-and frames past the end of a video are found while decoding (``src.tools.extract_frames``), because
+and frames past the end of a video are found while decoding (``src.data.frames``), because
 only the decoder knows the real frame size and count.
 
 The split is by video, never by frame: consecutive frames of one flight are near duplicates.
@@ -31,7 +31,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings
 

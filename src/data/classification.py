@@ -2,7 +2,7 @@
 
 Paths in the CSV are relative to the CSV's folder (absolute paths also work); ``split`` is one of
 train/valid/test (``val`` and ``validation`` are read as valid). Whole-file problems raise
-:class:`~src.cli.DataError` naming the file and line; single bad images are skipped and counted.
+:class:`~src.errors.DataError` naming the file and line; single bad images are skipped and counted.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImage, load_rgb_tensor
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from src.data.loading import DataWarnings
-from src.cli import DataError
+from src.errors import DataError
 
 SPLIT_FILES = {"train": "train.txt", "valid": "val.txt", "test": "test.txt"}
 _HEADER = re.compile(r"/EN#(\d+)((?:/[^\s/\]]+)*)")

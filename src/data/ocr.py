@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.images import BadImage, decode_rgb
 from src.data.loading import DataWarnings
 

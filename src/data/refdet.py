@@ -1,7 +1,7 @@
 """Reference-based detection samples: episodic training batches from the frame cache, whole videos for
 evaluation.
 
-Training (frames from ``src.tools.extract_frames``' cache, never decoded from the mp4 here):
+Training (frames from ``src.data.frames``' cache, never decoded from the mp4 here):
 
 * :class:`RefDetFrames` items are (video, frame) pairs: every annotated frame and every cached
   background frame of each video. Geometry: the frame is letterboxed FIRST (longer side to
@@ -59,7 +59,7 @@ from torchvision import tv_tensors
 
 from src.data.aeroeyes import VideoRecord
 from src.data.images import PAD_VALUE, BadImage, image_to_tensor, letterbox, load_rgb
-from src.tools.extract_frames import BadVideo, VideoReader, frame_to_pil
+from src.data.frames import BadVideo, VideoReader, frame_to_pil
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def video_truth(record: VideoRecord) -> dict[int, list[list[float]]]:
 class RefDetFrames(Dataset):
     """Cached frames of ``records`` as training items (see the module docstring for the contract).
 
-    ``indexes``: ``{video_id: index}`` from :func:`src.tools.extract_frames.ensure_frame_cache`
+    ``indexes``: ``{video_id: index}`` from :func:`src.data.frames.ensure_frame_cache`
     (with ``"dir"``); records without an index are left out. ``dataset[i]`` (an int) is a frame item:
     ``image`` (3, S, S) float normalized, ``boxes`` (n, 4) xyxy letterboxed pixels (n may be 0),
     ``video`` (index into ``self.records``), ``frame``, ``key`` ``"video_id/frame"``, ``scale``; an

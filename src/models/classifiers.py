@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.cli import DataError
+from src.errors import DataError
 from src.models.layers.attention import BoTBlock, CABlock, ECA
 from src.models.timm_features import create_timm_features
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from src.cli import DataError
+from src.errors import DataError
 
 
 def create_timm_features(timm_name: str, pretrained: bool = False, pretrained_weights: str | None = None,

@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from torchvision.models import VGG19_BN_Weights
 from torchvision.models import vgg as tv_vgg
 
-from src.cli import DataError
+from src.errors import DataError
 from src.training.checkpoint import torch_load_file
 
 VIETOCR_ARCHS = ("vgg_transformer", "vgg_seq2seq")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import cli
+from src.errors import DataError
 from src.data.classification import augment_transform, base_transform, build_classification_data
 from src.data.demo_classification import ensure_demo_classification
 from src.data.images import BadImage, load_rgb_tensor
@@ -198,7 +199,7 @@ def load_for_inference(weights: str, device: torch.device):
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != ClassificationTask.name or "model" not in cfg:
-        raise cli.DataError(f"{weights}: not a classification checkpoint of this project")
+        raise DataError(f"{weights}: not a classification checkpoint of this project")
     model = create_classifier(cfg["model"], cfg["num_classes"], cfg["heads"], cfg["reduction"], cfg["dropout"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
@@ -224,7 +225,7 @@ def predict_images(model: nn.Module, paths: list[str], image_size: int, class_na
 
 def predict_main(args) -> int:
     if not args.weights:
-        raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
+        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     device = D.resolve_device(args.device)
     model, cfg = load_for_inference(args.weights, device)
     failed = 0

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from src import cli
+from src.errors import DataError
 from src.data.demo_ocr import ensure_demo_ocr
 from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings, make_loader
@@ -144,7 +145,7 @@ def load_for_inference(weights: str, device: torch.device, quantize: str = "none
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != OCRTask.name or "arch" not in cfg:
-        raise cli.DataError(f"{weights}: not an OCR checkpoint of this project")
+        raise DataError(f"{weights}: not an OCR checkpoint of this project")
     vocab = Vocab(cfg["vocab"])
     model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False))
     model.load_state_dict(ckpt["model"])
@@ -190,7 +191,7 @@ def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], dev
 
 def predict_main(args) -> int:
     if not args.weights:
-        raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
+        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     device = torch.device("cpu") if args.quantize == "int8" else D.resolve_device(args.device)
     model, vocab, cfg = load_for_inference(args.weights, device, args.quantize)
     images, paths, failed = [], [], 0
@@ -280,7 +281,7 @@ def build_data(args, dist: D.DistInfo, vocab: Vocab, warnings: DataWarnings):
         args.train_annotation, args.valid_annotation, args.test_annotation = files["train"], files["valid"], files["test"]
     for flag in ("data_root", "train_annotation", "valid_annotation"):
         if not getattr(args, flag):
-            raise cli.DataError(f"--{flag.replace('_', '-')} is required (or use --demo)")
+            raise DataError(f"--{flag.replace('_', '-')} is required (or use --demo)")
     cache = args.lmdb_dir or os.path.join(args.data_root, ".lmdb_cache")
     loaders = {}
     for split in ("train", "valid", "test"):

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from src import cli
+from src.errors import DataError
 from src.data.demo_ovd import ensure_demo_ovd
 from src.data.flickr30k import read_grounding_split
 from src.data.grounding import GroundingDataset, collate_grounding, encode_words, to_pixels
@@ -141,7 +142,7 @@ def load_for_inference(weights: str, device: torch.device) -> tuple[GroundingMod
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != GroundingTask.name or "image_encoder" not in cfg:
-        raise cli.DataError(f"{weights}: not a train_ovd.py checkpoint")
+        raise DataError(f"{weights}: not a train_ovd.py checkpoint")
     model = build_grounding_model(**_model_kwargs(cfg))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
@@ -158,7 +159,7 @@ def phrases_caption(phrases: Sequence[str]) -> tuple[list[str], list[tuple[int, 
     for i, ph in enumerate(phrases):
         w = ph.lower().split()
         if not w:
-            raise cli.DataError("--phrases: empty phrase")
+            raise DataError("--phrases: empty phrase")
         spans.append((len(words), len(w)))
         words += w
         if i < len(phrases) - 2:
@@ -174,7 +175,7 @@ def ground(model: GroundingModel, cfg: dict, image: Image.Image, phrases: Sequen
     """For each phrase, its ``top_k`` (box xyxy in the image's pixels, score in [0, 1]), best first."""
     words, spans = phrases_caption(phrases)
     if len(words) > cfg["max_words"]:
-        raise cli.DataError(f"--phrases: {len(words)} words in all; this model reads at most {cfg['max_words']}")
+        raise DataError(f"--phrases: {len(words)} words in all; this model reads at most {cfg['max_words']}")
     size = cfg["image_size"]
     boxed, _, scale = letterbox(image, None, size)
     x = image_to_tensor(boxed)[None].to(device)
@@ -197,9 +198,9 @@ def ground(model: GroundingModel, cfg: dict, image: Image.Image, phrases: Sequen
 
 def predict_main(args) -> int:
     if not args.weights:
-        raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
+        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     if not args.phrases:
-        raise cli.DataError('--predict needs --phrases "a red circle" "the blue square" ...')
+        raise DataError('--predict needs --phrases "a red circle" "the blue square" ...')
     device = D.resolve_device(args.device)
     model, cfg = load_for_inference(args.weights, device)
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.weights)), "predictions")
@@ -305,7 +306,7 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
         D.barrier()
         args.data_root = args.demo_dir
     if not args.data_root:
-        raise cli.DataError("--data-root is required (or use --demo)")
+        raise DataError("--data-root is required (or use --demo)")
     splits = ["train", "valid"] + [s for s in args.test_splits
                                    if os.path.isfile(os.path.join(args.data_root, f"{s}.txt"))]
     loaders = {}
@@ -316,7 +317,7 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
             g = torch.Generator().manual_seed(args.seed)
             samples = [samples[i] for i in sorted(torch.randperm(len(samples), generator=g)[:limit].tolist())]
         if not samples:
-            raise cli.DataError(f"{args.data_root}: the {split} split has no usable caption")
+            raise DataError(f"{args.data_root}: the {split} split has no usable caption")
         ds = GroundingDataset(samples, os.path.join(args.data_root, "flickr30k_images"), args.image_size,
                               args.buckets, args.max_words, augment=args.augment and split == "train")
         loaders[split] = make_loader(ds, batch_size=args.batch_size, train=split == "train", seed=args.seed,

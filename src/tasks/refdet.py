@@ -1,7 +1,7 @@
 """``train_yolov8n_refdet.py``: reference-based detection in drone video (Zalo AI 2025 AeroEyes),
 trained episodically through the shared loop and scored with the challenge's ST-IoU.
 
-Data: :mod:`src.data.aeroeyes` (layout), :mod:`src.tools.extract_frames` (frame cache, decoding),
+Data: :mod:`src.data.aeroeyes` (layout), :mod:`src.data.frames` (frame cache, decoding),
 :mod:`src.data.refdet` (episodes, augmentation, whole-video clips); model: :mod:`src.models.refdet`;
 loss: :mod:`src.losses.refdet`; metric: :mod:`src.metrics.refdet`. Monitors ``valid_st_iou``.
 """
@@ -22,6 +22,7 @@ from torch import nn
 from torchvision.ops import nms
 
 from src import cli
+from src.errors import DataError
 from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos
 from src.data.demo_refdet import ensure_demo_refdet
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD
@@ -30,7 +31,7 @@ from src.data.refdet import EpisodeSampler, RefDetFrames, VideoClips, collate_ep
 from src.losses.refdet import RefDetCriterion, decode_boxes
 from src.metrics.refdet import RefDetMeter, submission
 from src.models.refdet import RefDetModel, SupportCache, build_refdet_model
-from src.tools.extract_frames import ensure_frame_cache, iter_video_frames
+from src.data.frames import ensure_frame_cache, iter_video_frames
 from src.training import distributed as D
 from src.training.checkpoint import atomic_json_dump, load_checkpoint, unwrap_model
 from src.training.loop import build_train_config, fit, seed_everything
@@ -321,7 +322,7 @@ def load_for_inference(weights: str, device: torch.device) -> tuple[RefDetModel,
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != RefDetTask.name or "dino_model" not in cfg:
-        raise cli.DataError(f"{weights}: not a train_yolov8n_refdet.py checkpoint")
+        raise DataError(f"{weights}: not a train_yolov8n_refdet.py checkpoint")
     model = build_refdet_model(**{k: cfg[k] for k in MODEL_KEYS if k != "image_size"})
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
@@ -334,7 +335,7 @@ def detect_video(model: RefDetModel, clips, device: torch.device, threshold: flo
     support = None
     for item in clips:
         if "bad" in item:
-            raise cli.DataError(f"{item['video_id']}: {item['bad']}")
+            raise DataError(f"{item['video_id']}: {item['bad']}")
         if item["support"] is not None:
             support = model.encode_support(item["support"][None].to(device))
         images = item["images"].to(device)
@@ -371,9 +372,9 @@ def write_preview(video_path: str, found: dict[int, list], out_path: str, fps: f
 
 def predict_main(args, threshold_typed: bool = False) -> int:
     if not args.weights:
-        raise cli.DataError("--predict needs --weights RUN_DIR/best_model.pt")
+        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     if not args.data_root:
-        raise cli.DataError("--predict needs --data-root (a folder with samples/<video_id>/)")
+        raise DataError("--predict needs --data-root (a folder with samples/<video_id>/)")
     device = D.resolve_device(args.device)
     model, cfg = load_for_inference(args.weights, device)
     # the threshold the model was validated with, unless one is typed
@@ -521,13 +522,13 @@ def build_data(args, dist: D.DistInfo, warnings: DataWarnings) -> dict:
         args.split_file = args.split_file or os.path.join(args.demo_dir, "splits.txt")
         args.annotations = args.test_data_root = None      # --demo replaces a recipe's data paths
     if not args.data_root:
-        raise cli.DataError("--data-root is required (or use --demo)")
+        raise DataError("--data-root is required (or use --demo)")
     records = read_aeroeyes(args.data_root, args.annotations, warnings)
     train, valid = split_videos(records, None if args.split_file else _valid_spec(args.valid_videos), args.split_file,
                                 args.seed)
     train, valid = _limit(train, args.train_limit, args.seed), _limit(valid, args.valid_limit, args.seed)
     if not train or not valid:
-        raise cli.DataError(f"{args.data_root}: need at least one training and one validation video "
+        raise DataError(f"{args.data_root}: need at least one training and one validation video "
                             f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
     cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
     # rank 0 extracts (and counts the warnings); the others read the finished indexes afterwards
@@ -617,11 +618,11 @@ def _init_from(model: nn.Module, path: str) -> None:
         path = os.path.join(path, "best_model.pt")
     ckpt = load_checkpoint(path)
     if ckpt.get("task") not in (None, RefDetTask.name):
-        raise cli.DataError(f"--init-from {path}: a {ckpt.get('task')} checkpoint, not a refdet one")
+        raise DataError(f"--init-from {path}: a {ckpt.get('task')} checkpoint, not a refdet one")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise cli.DataError(f"--init-from {path}: the architecture differs ({str(exc).splitlines()[0]}); "
+        raise DataError(f"--init-from {path}: the architecture differs ({str(exc).splitlines()[0]}); "
                             f"use the same --dino-model/--support-size/--fusion/--embed-dim") from None
     log.info("initialized from %s (epoch %s, %s = %s)", path, ckpt.get("epoch"), ckpt.get("monitor"), ckpt.get("metric"))
 

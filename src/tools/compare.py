@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from src import cli
-from src.cli import DataError
+from src.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Sequence
 from sklearn.model_selection import train_test_split
 
 from src import cli
-from src.cli import DataError
+from src.errors import DataError
 
 log = logging.getLogger(__name__)
 

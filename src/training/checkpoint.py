@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from src.errors import DataError
+
 FORMAT_VERSION = 1
 
 
@@ -55,8 +57,7 @@ def _json_default(o: Any):
 
 def torch_load_file(path: str, what: str = "checkpoint", error: type[Exception] | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; a missing or unreadable file raises ``error``
-    (default :class:`~src.cli.DataError`) with one line naming the file."""
-    from src.cli import DataError
+    (default :class:`~src.errors.DataError`) with one line naming the file."""
     error = error or DataError
     if not os.path.isfile(path):
         raise error(f"{path}: {what} not found")
@@ -68,7 +69,6 @@ def torch_load_file(path: str, what: str = "checkpoint", error: type[Exception] 
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    from src.cli import DataError
     ckpt = torch_load_file(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DataError(f"{path}: not a checkpoint written by this project (no 'model' entry)")

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from src.errors import DataError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -32,8 +34,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from src.cli import DataError
-        raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     if name == "cuda":
         name = f"cuda:{local_rank}"
     return torch.device(name)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.data.loading import DataWarnings
+from src.errors import TrainingError
 from src.training import distributed as D
 from src.training.checkpoint import (FORMAT_VERSION, atomic_json_dump, atomic_torch_save, capture_rng_state,
                                      load_checkpoint, restore_rng_state, unwrap_model)
@@ -31,10 +32,6 @@ from src.training.perf import count_params, measure_speed, size_mb
 from src.training.plots import plot_history
 
 log = logging.getLogger("src")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite losses); checkpoints already written stay."""
 
 
 class Task(Protocol):

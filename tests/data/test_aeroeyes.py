@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.aeroeyes import read_aeroeyes, read_annotations, split_videos
 from src.data.loading import DataWarnings
 

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.classification import build_classification_data, limit_indices
 from src.data.loading import DataWarnings, EpochSampler, collate_skip_bad, make_loader
 

@@ -13,7 +13,7 @@ from PIL import Image
 from src.data import demo_refdet as D
 from src.data.aeroeyes import read_aeroeyes, split_videos
 from src.data.loading import DataWarnings
-from src.tools.extract_frames import iter_video_frames
+from src.data.frames import iter_video_frames
 
 SMALL = dict(train_videos=2, valid_videos=1, frames=(30, 30), size=(128, 96))
 

@@ -3,7 +3,7 @@ boxes per entity, one box shared by two entities, nobndbox and scene entities, n
 spacing, and bad input counted (or a clear error for a missing split file or folder)."""
 import pytest
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.flickr30k import parse_caption, read_grounding_split
 from src.data.loading import DataWarnings
 

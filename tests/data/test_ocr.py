@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.loading import DataWarnings
 from src.data.ocr import (EOS, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab, WidthBucketBatchSampler, build_lmdb,
                           collate_lines, read_annotations, resized_width)

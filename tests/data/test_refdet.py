@@ -19,7 +19,7 @@ from src.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, letter
 from src.data.loading import DataWarnings
 from src.data.refdet import (COLOUR_PERMUTATIONS, EpisodeItem, EpisodeSampler, RefDetFrames, VideoClips,
                              collate_episode, load_support, video_truth)
-from src.tools.extract_frames import ensure_frame_cache
+from src.data.frames import ensure_frame_cache
 
 S, SUP = 64, 32
 

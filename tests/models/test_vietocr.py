@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.cli import DataError
+from src.errors import DataError
 from src.models.vietocr import (SIZES, VIETOCR_ARCHS, PretrainedWeightsError, build_vietocr, decode_batch,
                                 vgg_features)
 

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import capture_warnings
 
-from src.cli import DataError, run_main
+from src.errors import DataError
+from src.cli import run_main
 from src.tools.compare import collect_runs, format_duration, main, markdown_table, sort_runs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import capture_warnings
 from PIL import Image
 
-from src.cli import DataError
+from src.errors import DataError
 from src.data.classification import build_classification_data
 from src.tools.prepare_metadata import main, prepare_metadata
 

@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from src.data.loading import DataWarnings, make_loader
-from src.training.loop import EarlyStopping, TrainConfig, TrainingError, fit
+from src.errors import TrainingError
+from src.training.loop import EarlyStopping, TrainConfig, fit
 from src.training.optim import build_scheduler
 
 

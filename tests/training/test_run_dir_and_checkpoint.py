@@ -48,7 +48,7 @@ def test_rng_state_round_trip_is_weights_only_loadable(tmp_path):
 
 
 def test_load_checkpoint_rejects_garbage(tmp_path):
-    from src.cli import DataError
+    from src.errors import DataError
 
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")
