@@ -5,10 +5,50 @@
 
 Sibling variants: ``--model MobileNetV3_Small_{BoT,CA,ECA,Hybrid}``. Recipes: docs/train_MobileNetV3_Small_BoT_Linear.md.
 """
+import argparse
+import logging
 import sys
+from typing import Sequence
 
-from src.cli import run_main
-from src.tasks.classification import main
+from src import cli
+from src.models.classifiers import build_classifier
+from src.tasks import classification
+from src.training.loop import build_train_config, fit, seed_everything
+from src.training.run import start_run
+
+log = logging.getLogger("src")
+DEFAULT_MODEL = "MobileNetV3_Small_BoT_Linear"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    classification.add_args(parser, DEFAULT_MODEL)       # data, model, inference
+    cli.add_training_args(parser)
+    cli.add_data_args(parser)
+    cli.add_output_args(parser, DEFAULT_MODEL)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = classification.parse_args(build_parser(), argv)
+    if args.predict:
+        return classification.predict_main(args)
+    with start_run(args.device) as run:
+        data, loaders = classification.build_data(args, run)
+        seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
+        model = build_classifier(args, len(data.class_names))
+        run.open_dir(args.results_dir, args.model_name or args.model, args.resume, vars(args),
+                     {"num_classes": len(data.class_names)})
+        log.info("run dir %s | model %s (%s params) | device %s x %d", run.dir, args.model,
+                 f"{sum(p.numel() for p in model.parameters()):,}", run.device, run.dist.world_size)
+        task = classification.ClassificationTask(data.class_names, args.image_size,
+                                                 classification.model_config(args, data.class_names),
+                                                 args.channels_last, args.label_smoothing)
+        fit(model, task, loaders.pop("train"), loaders.pop("valid"), build_train_config(args), run.dir, run.device,
+            run.dist, test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(run_main(lambda argv: main(argv, "MobileNetV3_Small_BoT_Linear", __doc__.splitlines()[0])))
+    sys.exit(cli.run_main(main))

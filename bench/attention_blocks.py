@@ -32,8 +32,8 @@ are not: ``zero_grad(set_to_none=True)``):
 Every figure is measured in the run; nothing is hard-coded. A default CPU run takes a few minutes
 on 2 cores; ``--quick`` does two sizes and shorter timings.
 
-    python bench/attention_blocks.py                  # CPU: 224/320/384/512, batch 8, FPS batch 16
-    python bench/attention_blocks.py --device cuda --batch-size 32
+    python -m bench.attention_blocks                  # CPU: 224/320/384/512, batch 8, FPS batch 16
+    python -m bench.attention_blocks --device cuda --batch-size 32
 """
 from __future__ import annotations
 
@@ -44,20 +44,18 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from src.models.classifiers import create_classifier  # noqa: E402
-from src.models.layers.attention import BoTBlock  # noqa: E402
-from src.training import distributed as D  # noqa: E402
-from src.training.perf import round_robin, sync  # noqa: E402
+from bench.timing import fastest, ratio, round_robin, spread
+from src.models.classifiers import create_classifier
+from src.models.layers.attention import BoTBlock
+from src.training import distributed as D
+from src.training.perf import sync
 
 # backbone -> attention kind -> model name in src.models.classifiers.MODELS
 VARIANTS = {
@@ -151,9 +149,8 @@ def measure(trainers: dict[str, Trainer], infer_x: torch.Tensor | None, args, de
                          args.max_reps)
     # the fastest run is the one other processes disturbed least (as timeit advises); the spread,
     # (slowest - fastest) / fastest, shows how much the machine's speed wandered while timing
-    results = {k: {"step_ms": min(step_s[k]) * 1e3, "peak_mib": peak[k] / MiB,
-                   "step_spread": (max(step_s[k]) - min(step_s[k])) / min(step_s[k]),
-                   "step_reps": len(step_s[k])} for k in trainers}
+    results = {k: {"step_ms": fastest(step_s[k]) * 1e3, "peak_mib": peak[k] / MiB,
+                   "step_spread": spread(step_s[k])} for k in trainers}
     if infer_x is None:
         return results
     for t in trainers.values():
@@ -163,7 +160,7 @@ def measure(trainers: dict[str, Trainer], infer_x: torch.Tensor | None, args, de
     infer_s = round_robin({k: (lambda t=t: t.infer(infer_x)) for k, t in trainers.items()}, device,
                           args.min_reps, args.min_time, args.max_reps)
     for k in trainers:
-        results[k]["infer_s"] = min(infer_s[k])
+        results[k]["infer_s"] = fastest(infer_s[k])
     return results
 
 
@@ -173,8 +170,9 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "n/a"
+def lin_soft(lin: dict, sm: dict, key: str) -> str:
+    """Linear / softmax of figure ``key``, a plain number with 2 decimals (no ``x``), as the tables show it."""
+    return ratio(lin[key], sm[key], suffix="")
 
 
 # ----------------------------------------------------------------------------- the three experiments
@@ -224,7 +222,7 @@ def bench_block(channels: int, hw: tuple[int, int], args, device, amp_dtype) -> 
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 320, 384, 512], help="input image sizes")
     p.add_argument("--backbones", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -283,11 +281,11 @@ def main(argv=None) -> int:
             for kind in ("linear", "softmax", "none"):
                 r = res[kind]
                 rows.append(f"| {VARIANTS[backbone][kind]} | {size} | {hw[0]}x{hw[1]} = {tokens} | "
-                            f"{r['step_ms']:.1f} | {100 * r['step_spread']:.0f}% of {r['step_reps']} | "
+                            f"{r['step_ms']:.1f} | {r['step_spread']} | "
                             f"{r['peak_mib']:.1f} | {r['fps']:.1f} |")
             lin, sm = res["linear"], res["softmax"]
-            ratio_rows.append(f"| {backbone} | {size} | {tokens} | {_ratio(lin['step_ms'], sm['step_ms'])} | "
-                              f"{_ratio(lin['peak_mib'], sm['peak_mib'])} | {_ratio(lin['fps'], sm['fps'])} |")
+            ratio_rows.append(f"| {backbone} | {size} | {tokens} | {lin_soft(lin, sm, 'step_ms')} | "
+                              f"{lin_soft(lin, sm, 'peak_mib')} | {lin_soft(lin, sm, 'fps')} |")
             block_shapes.append((backbone, channels, hw, f"{size} px"))
         for side in args.block_extra_sides:
             block_shapes.append((backbone, channels, (side, side), f"{side * 32} px, extra"))
@@ -314,9 +312,9 @@ def main(argv=None) -> int:
         res = bench_block(channels, hw, args, device, amp_dtype)
         lin, sm = res["linear"], res["softmax"]
         print(f"| {backbone} ({channels}) | {hw[0]}x{hw[1]} ({where}) | {hw[0] * hw[1]} | "
-              f"{lin['step_ms']:.2f} | {sm['step_ms']:.2f} | {_ratio(lin['step_ms'], sm['step_ms'])} | "
-              f"{lin['peak_mib']:.2f} | {sm['peak_mib']:.2f} | {_ratio(lin['peak_mib'], sm['peak_mib'])} | "
-              f"{lin['fwd_ms']:.2f} | {sm['fwd_ms']:.2f} | {_ratio(lin['fwd_ms'], sm['fwd_ms'])} |", flush=True)
+              f"{lin['step_ms']:.2f} | {sm['step_ms']:.2f} | {lin_soft(lin, sm, 'step_ms')} | "
+              f"{lin['peak_mib']:.2f} | {sm['peak_mib']:.2f} | {lin_soft(lin, sm, 'peak_mib')} | "
+              f"{lin['fwd_ms']:.2f} | {sm['fwd_ms']:.2f} | {lin_soft(lin, sm, 'fwd_ms')} |", flush=True)
 
     # 3. the seed's OOM case
     if args.seed_check_batch > 0:
@@ -332,8 +330,8 @@ def main(argv=None) -> int:
             r = res[kind]
             print(f"| {VARIANTS[check_backbone][kind]} | {hw[0] * hw[1]} | {r['step_ms']:.1f} | {r['peak_mib']:.1f} |")
         lin, sm = res["linear"], res["softmax"]
-        print(f"\nlinear/softmax: step time {_ratio(lin['step_ms'], sm['step_ms'])}, "
-              f"step peak memory {_ratio(lin['peak_mib'], sm['peak_mib'])}; "
+        print(f"\nlinear/softmax: step time {lin_soft(lin, sm, 'step_ms')}, "
+              f"step peak memory {lin_soft(lin, sm, 'peak_mib')}; "
               f"softmax - linear step peak = {sm['peak_mib'] - lin['peak_mib']:.1f} MiB")
     return 0
 

@@ -19,8 +19,8 @@ down. Runs alternate (bare, fit, fit, bare, ...) for ``--rounds`` rounds so that
 machine's speed hits both loops alike, after one untimed bare run that warms up the process
 (allocator, oneDNN primitive caches). Target: fit/bare >= 0.95.
 
-    python bench/loop_overhead.py                       # CPU, MobileNetV3_Small_BoT_Linear, 64 px
-    python bench/loop_overhead.py --device cuda --image-size 224 --batch-size 64 --amp fp16
+    python -m bench.loop_overhead                       # CPU, MobileNetV3_Small_BoT_Linear, 64 px
+    python -m bench.loop_overhead --device cuda --image-size 224 --batch-size 64 --amp fp16
 """
 from __future__ import annotations
 
@@ -28,26 +28,24 @@ import argparse
 import copy
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
-
-from src.data.loading import collate_skip_bad, make_loader  # noqa: E402
-from src.models.classifiers import MODELS, create_classifier  # noqa: E402
+from bench.timing import alternating_rounds, median, ratio, verdict
+from src.data.loading import collate_skip_bad, make_loader
+from src.models.classifiers import MODELS, create_classifier
 from src.tasks.classification import ClassificationTask  # noqa: E402
-from src.training import distributed as D  # noqa: E402
+from src.training import distributed as D
 from src.training.loop import TrainConfig, fit  # noqa: E402
-from src.training.perf import sync  # noqa: E402
+from src.training.perf import sync
 
 NUM_CLASSES = 10
 LR, WEIGHT_DECAY = 1e-3, 1e-2
@@ -117,7 +115,7 @@ def run_fit(model: nn.Module, dataset: Dataset, args, device: torch.device) -> l
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=list(MODELS), default="MobileNetV3_Small_BoT_Linear")
     p.add_argument("--image-size", type=int, default=64)
@@ -146,20 +144,18 @@ def main(argv=None) -> int:
     run_bare(copy.deepcopy(template), dataset, args, device, amp_dtype, epochs=2)  # process warm-up, discarded
     bare: list[list[float]] = []    # per round: samples/s of each measured epoch
     fitted: list[list[float]] = []
-    for r in range(args.rounds):
-        for which in (("bare", "fit") if r % 2 == 0 else ("fit", "bare")):
-            model = copy.deepcopy(template)  # identical initial weights for every run
-            if which == "bare":
-                bare.append(run_bare(model, dataset, args, device, amp_dtype, args.epochs))
-            else:
-                fitted.append(run_fit(model, dataset, args, device))
-            rates = (bare if which == "bare" else fitted)[-1]
-            print(f"round {r + 1}/{args.rounds} {which:4s}: median {statistics.median(rates):.1f} samples/s "
-                  f"(epochs: {', '.join(f'{v:.0f}' for v in rates)})", file=sys.stderr, flush=True)
+    for r, which in alternating_rounds(("bare", "fit"), args.rounds):
+        model = copy.deepcopy(template)  # identical initial weights for every run
+        if which == "bare":
+            bare.append(run_bare(model, dataset, args, device, amp_dtype, args.epochs))
+        else:
+            fitted.append(run_fit(model, dataset, args, device))
+        rates = (bare if which == "bare" else fitted)[-1]
+        print(f"round {r + 1}/{args.rounds} {which:4s}: median {median(rates):.1f} samples/s "
+              f"(epochs: {', '.join(f'{v:.0f}' for v in rates)})", file=sys.stderr, flush=True)
 
-    bare_med = statistics.median(v for run in bare for v in run)
-    fit_med = statistics.median(v for run in fitted for v in run)
-    ratio = fit_med / bare_med
+    bare_med = median([v for run in bare for v in run])
+    fit_med = median([v for run in fitted for v in run])
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     dtype = "float32" if amp_dtype is None else f"autocast {str(amp_dtype).replace('torch.', '')}"
     n_epochs = args.rounds * (args.epochs - 1)
@@ -169,10 +165,10 @@ def main(argv=None) -> int:
     print("| model | image size | batch | device | dtype | threads | bare samples/s | fit samples/s | fit/bare |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.model} | {args.image_size} | {args.batch_size} | {dev_name} | {dtype} | "
-          f"{torch.get_num_threads()} | {bare_med:.1f} | {fit_med:.1f} | {ratio:.3f} |")
-    per_round = ", ".join(f"{statistics.median(f) / statistics.median(b):.3f}" for b, f in zip(bare, fitted))
+          f"{torch.get_num_threads()} | {bare_med:.1f} | {fit_med:.1f} | {ratio(fit_med, bare_med, 3, '')} |")
+    per_round = ", ".join(ratio(median(f), median(b), 3, "") for b, f in zip(bare, fitted))
     print(f"\nper-round fit/bare (medians of each run): {per_round}")
-    print(f"target fit/bare >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}")
+    print(f"target fit/bare >= 0.95: {verdict(fit_med / bare_med, 0.95)}")
     return 0
 
 

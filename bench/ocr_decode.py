@@ -16,7 +16,7 @@ images:
    cache cannot touch. Targets (full model): end-to-end >= 2x, decoder-only >= 4x.
 2. Beam search, beam 4: ``beam_search`` (the batch at once) vs ``beam_search_sequential`` (one image at
    a time through the same code), end to end. Target (full model): >= 3x.
-3. int8: ``quantize_int8`` from ``src.tasks.ocr`` (dynamic quantization of every ``nn.Linear``; CPU
+3. int8: ``quantize_int8`` from ``src.tasks.ocr_inference`` (dynamic quantization of every ``nn.Linear``; CPU
    only, so this section always runs on the CPU, fp32 included) vs fp32, greedy with KV cache, lines/s
    end to end and decoder-only. Then the accuracy effect, on real-looking lines (the demo generator's
    Vietnamese text lines, resized with VietOCR's rule, decoded by width bucket as ``recognize`` does):
@@ -47,9 +47,9 @@ VietOCR-format folder with ``DIR/--annotation``; generated there if that file is
 batch is the first ``--batch-size`` lines resized to ``--width`` x 32. Every figure is measured in the
 run; nothing is hard-coded.
 
-    python bench/ocr_decode.py                                  # full vgg_transformer, random init, CPU
-    python bench/ocr_decode.py --weights results/RUN/best_model.pt --data data/demo/ocr
-    python bench/ocr_decode.py --model-size small --reps 2 --min-time 0 --eval-lines 32   # quick check
+    python -m bench.ocr_decode                                  # full vgg_transformer, random init, CPU
+    python -m bench.ocr_decode --weights results/RUN/best_model.pt --data data/demo/ocr
+    python -m bench.ocr_decode --model-size small --reps 2 --min-time 0 --eval-lines 32   # quick check
 """
 from __future__ import annotations
 
@@ -61,59 +61,31 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from PIL import Image
+from rapidfuzz.distance import Levenshtein
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from rapidfuzz.distance import Levenshtein  # noqa: E402
-from torch import nn  # noqa: E402
-
-from src.errors import DataError  # noqa: E402
-from src.training.perf import round_robin as perf_round_robin  # noqa: E402
-from src.data.demo_ocr import ensure_demo_ocr  # noqa: E402
-from src.data.images import BadImage, load_rgb  # noqa: E402
-from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, line_tensor, read_annotations  # noqa: E402
-from src.metrics.ocr import ocr_metrics  # noqa: E402
-from src.models.vietocr import (MODEL_SIZES, SIZES, VIETOCR_ARCHS, LanguageTransformer, VietOCRModel,  # noqa: E402
+from bench.timing import fastest, ratio, round_robin_args, spread, verdict
+from src.errors import DataError
+from src.data.demo_ocr import ensure_demo_ocr
+from src.data.images import BadImage, load_rgb
+from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, line_tensor, read_annotations
+from src.metrics.ocr import ocr_metrics
+from src.models.vietocr import (MODEL_SIZES, SIZES, VIETOCR_ARCHS, LanguageTransformer, VietOCRModel,
                                 build_vietocr)
-from src.tasks.ocr import decode_images, load_for_inference, quantize_int8  # noqa: E402
-from src.training import distributed as D  # noqa: E402
+from src.tasks.ocr_inference import decode_images, load_for_inference, quantize_int8
+from src.training import distributed as D
 
 EOS_BIAS = -1e4  # the eos logit's bias in the timed copy (set, not added)
 SPECIALS = dict(sos_id=SOS, eos_id=EOS, pad_id=PAD)
 
 
-# ----------------------------------------------------------------------------- timing helpers
-
-def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, args) -> dict[str, list[float]]:
-    """Seconds of each call of each function after ``args.warmup`` untimed calls each, calling them in
-    turn (a, b, a, b, ...) until each ran ``args.reps`` times and ``args.min_time`` passed (or
-    ``args.max_reps``)."""
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    return perf_round_robin(fns, device, args.reps, args.min_time, args.max_reps)
-
-
-def fastest(ts: list[float]) -> float:
-    return min(ts)
-
-
-def spread(ts: list[float]) -> str:
-    return f"{100 * (max(ts) - min(ts)) / min(ts):.0f}% of {len(ts)}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b > 0 else "n/a"
-
-
-def _verdict(value: float, target: float, full: bool) -> str:
-    met = "met" if value >= target else "NOT met"
-    return met if full else f"{met}, but the target is for --model-size full"
+def caveat(full: bool) -> str | None:
+    """What a target verdict adds when the run is not ``--model-size full``, the size the targets are for."""
+    return None if full else "the target is for --model-size full"
 
 
 @contextmanager
@@ -207,12 +179,13 @@ def bench_greedy(model, x, args, device, full) -> None:
     check_length("greedy_decode", a, n, t)
     check_length("greedy_decode_reference", b, n, t)
     same = int((a == b).all(1).sum())
-    e2e = round_robin({"cached": cached, "reference": reference}, device, args)
+    e2e = round_robin_args({"cached": cached, "reference": reference}, device, args)
     # decoder-only and encode-only in one round-robin; encode is timed through the class's method,
     # which the instance attribute set by encoded_once does not affect
     real_encode = VietOCRModel.encode.__get__(model)
     with encoded_once(model, x):
-        dec = round_robin({"cached": cached, "reference": reference, "encode": lambda: real_encode(x)}, device, args)
+        dec = round_robin_args({"cached": cached, "reference": reference, "encode": lambda: real_encode(x)},
+                               device, args)
     print(f"## 1. Greedy, batch {n}, {t} tokens per line: KV cache (`greedy_decode`) vs VietOCR's re-run "
           f"(`greedy_decode_reference`)\n")
     print("| method | end-to-end ms/batch | lines/s | e2e spread | decoder-only ms/batch | ms/step | dec spread |")
@@ -226,8 +199,9 @@ def bench_greedy(model, x, args, device, full) -> None:
           f"{spread(dec['encode'])} | | | |")
     r_e2e = fastest(e2e["reference"]) / fastest(e2e["cached"])
     r_dec = fastest(dec["reference"]) / fastest(dec["cached"])
-    print(f"\nspeed-up cached over re-run: end-to-end {r_e2e:.2f}x (target >= 2x: {_verdict(r_e2e, 2, full)}), "
-          f"decoder-only {r_dec:.2f}x (target >= 4x: {_verdict(r_dec, 4, full)})")
+    print(f"\nspeed-up cached over re-run: end-to-end {r_e2e:.2f}x "
+          f"(target >= 2x: {verdict(r_e2e, 2, caveat(full))}), "
+          f"decoder-only {r_dec:.2f}x (target >= 4x: {verdict(r_dec, 4, caveat(full))})")
     print(f"encode share of the cached end-to-end time: {100 * enc / fastest(e2e['cached']):.0f}%; "
           f"identical token sequences cached vs re-run: {same}/{n}\n", flush=True)
 
@@ -240,7 +214,7 @@ def bench_beam(model, x, args, device, full) -> None:
     check_length("beam_search", a, n, t)
     check_length("beam_search_sequential", b, n, t)
     same = int((a == b).all(1).sum())
-    times = round_robin({"batched": batched, "sequential": sequential}, device, args)
+    times = round_robin_args({"batched": batched, "sequential": sequential}, device, args)
     print(f"## 2. Beam search, beam {k}, batch {n}, {t} tokens per line: batched (`beam_search`) vs one image "
           f"at a time (`beam_search_sequential`), end to end\n")
     print("| method | ms/batch | lines/s | spread |")
@@ -249,7 +223,7 @@ def bench_beam(model, x, args, device, full) -> None:
         s = fastest(times[key])
         print(f"| {key} | {1e3 * s:.1f} | {n / s:.1f} | {spread(times[key])} |")
     r = fastest(times["sequential"]) / fastest(times["batched"])
-    print(f"\nspeed-up batched over sequential: {r:.2f}x (target >= 3x: {_verdict(r, 3, full)}); "
+    print(f"\nspeed-up batched over sequential: {r:.2f}x (target >= 3x: {verdict(r, 3, caveat(full))}); "
           f"identical token sequences: {same}/{n}\n", flush=True)
 
 
@@ -262,9 +236,9 @@ def bench_int8(forced, trained, vocab, lines, x_cpu, args, model_cfg) -> None:
     fns = {k: (lambda m=m: m.greedy_decode(x_cpu, max_len=t, **SPECIALS)) for k, m in models.items()}
     for k, fn in fns.items():
         check_length(f"{k} greedy_decode", fn().tokens, n, t)
-    e2e = round_robin(fns, cpu, args)
+    e2e = round_robin_args(fns, cpu, args)
     with encoded_once(fp32, x_cpu), encoded_once(int8, x_cpu):  # each from its own encoder's memory
-        dec = round_robin(fns, cpu, args)
+        dec = round_robin_args(fns, cpu, args)
     print(f"## 3. int8 (`quantize_int8`: dynamic quantization of nn.Linear) vs fp32, greedy with KV cache, "
           f"CPU ({torch.get_num_threads()} threads), batch {n}, {t} tokens per line\n")
     print("| model | end-to-end ms/batch | lines/s | e2e spread | decoder-only ms/batch | dec spread |")
@@ -272,8 +246,8 @@ def bench_int8(forced, trained, vocab, lines, x_cpu, args, model_cfg) -> None:
     for k in models:
         e, d = fastest(e2e[k]), fastest(dec[k])
         print(f"| {k} | {1e3 * e:.1f} | {n / e:.1f} | {spread(e2e[k])} | {1e3 * d:.1f} | {spread(dec[k])} |")
-    print(f"\nint8 speed-up over fp32: end-to-end {_ratio(fastest(e2e['fp32']), fastest(e2e['int8']))}, "
-          f"decoder-only {_ratio(fastest(dec['fp32']), fastest(dec['int8']))}\n", flush=True)
+    print(f"\nint8 speed-up over fp32: end-to-end {ratio(fastest(e2e['fp32']), fastest(e2e['int8']))}, "
+          f"decoder-only {ratio(fastest(dec['fp32']), fastest(dec['int8']))}\n", flush=True)
 
     images, texts = lines
     images, texts = images[:args.eval_lines], texts[:args.eval_lines]
@@ -336,7 +310,7 @@ def bench_vietocr(model, x, args, device, arch, model_size) -> None:
         run = lambda: translate(x, vmodel, max_seq_length=args.tokens - 1, sos_token=SOS, eos_token=EOS)  # noqa: E731
         steps = np.asarray(run()[0]).shape[1] - 1
         ours = lambda: model.greedy_decode(x, max_len=args.tokens, **SPECIALS)  # noqa: E731
-        times = round_robin({"vietocr translate": run, "greedy_decode (KV cache)": ours}, device, args)
+        times = round_robin_args({"vietocr translate": run, "greedy_decode (KV cache)": ours}, device, args)
     except Exception as exc:
         print(f"skipped: vietocr is installed ({getattr(vietocr, '__version__', '?')}) but failed here "
               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})\n")
@@ -349,13 +323,13 @@ def bench_vietocr(model, x, args, device, arch, model_size) -> None:
     for key, ts in times.items():
         print(f"| {key} | {1e3 * fastest(ts):.1f} | {n / fastest(ts):.1f} | {spread(ts)} |")
     print(f"\nspeed-up greedy_decode over vietocr translate: "
-          f"{_ratio(fastest(times['vietocr translate']), fastest(times['greedy_decode (KV cache)']))}\n")
+          f"{ratio(fastest(times['vietocr translate']), fastest(times['greedy_decode (KV cache)']))}\n")
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--arch", choices=VIETOCR_ARCHS, default="vgg_transformer")
     p.add_argument("--model-size", choices=MODEL_SIZES, default="full",

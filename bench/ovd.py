@@ -41,10 +41,10 @@ fastest call (the least disturbed); spread = (slowest - fastest) / fastest of N 
 timing noise. Ratios are between figures of the same run. Every figure is measured in the run;
 nothing is hard-coded. A default CPU run takes a few minutes on 2 cores.
 
-    python bench/ovd.py                                   # CPU, torch's default threads
-    python bench/ovd.py --threads 2 --skip inference      # fusion + matcher only
-    python bench/ovd.py --device cuda --batch-size 64
-    OMP_NUM_THREADS=1 python bench/ovd.py --quick         # smoke test: tiny sizes, 2 reps
+    python -m bench.ovd                                   # CPU, torch's default threads
+    python -m bench.ovd --threads 2 --skip inference      # fusion + matcher only
+    python -m bench.ovd --device cuda --batch-size 64
+    OMP_NUM_THREADS=1 python -m bench.ovd --quick         # smoke test: tiny sizes, 2 reps
 """
 from __future__ import annotations
 
@@ -53,30 +53,26 @@ import inspect
 import math
 import os
 import platform
-import shlex
 import sys
 import time
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import scipy
+import timm
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from scipy.optimize import linear_sum_assignment  # noqa: E402
-from torch import nn  # noqa: E402
-
-from src.errors import DataError  # noqa: E402
-from src.data.grounding import encode_words  # noqa: E402
-from src.models import ovd_matching  # noqa: E402
-from src.models.ovd import Attention, FusionLayer, build_grounding_model, sine_positions  # noqa: E402
-from src.models.ovd_matching import HungarianMatcher  # noqa: E402
-from src.training import distributed as D  # noqa: E402
-from src.training.perf import round_robin as perf_round_robin  # noqa: E402
+from bench.timing import command_line, fastest, ms, ratio, round_robin_args, spread
+from src.errors import DataError
+from src.data.grounding import encode_words
+from src.models import ovd_matching
+from src.models.ovd import Attention, FusionLayer, build_grounding_model, sine_positions
+from src.models.ovd_matching import HungarianMatcher
+from src.training import distributed as D
 
 # the inference configurations: build_grounding_model keyword arguments
 MODEL_CONFIGS = {
@@ -87,28 +83,6 @@ MODEL_CONFIGS = {
 CAPTION = "a man in a red shirt rides a brown horse".split()
 PHRASES = ((0, 2), (7, 3))  # (start, count): "a man", "a brown horse"
 ATTENTIONS = ("img_from_txt", "txt_from_img")
-
-
-# ----------------------------------------------------------------------------- timing helpers
-
-def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, args) -> dict[str, list[float]]:
-    """Seconds of each call of each function after ``args.warmup`` untimed calls each, in turn."""
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    return perf_round_robin(fns, device, args.reps, args.min_time, args.max_reps)
-
-
-def ms(ts: list[float]) -> float:
-    return 1e3 * min(ts)
-
-
-def spread(ts: list[float]) -> str:
-    return f"{100 * (max(ts) - min(ts)) / min(ts):.0f}% of {len(ts)}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
 # ----------------------------------------------------------------------------- 1. fusion
@@ -212,7 +186,7 @@ def bench_fusion(args, device: torch.device, dev_name: str) -> None:
             ref = fns["sdpa"]()
             for k in ("mha", "mha_w"):
                 worst = max(worst, check_same(f"{label} {k}, {n} tokens", ref, fns[k](), tol))
-            timings[label] = round_robin(fns, device, args)
+            timings[label] = round_robin_args(fns, device, args)
         h, w = x["grid"]
         for label, t in timings.items():
             s, m1, m2 = ms(t["sdpa"]), ms(t["mha"]), ms(t["mha_w"])
@@ -289,7 +263,7 @@ def bench_matcher(args, device: torch.device, dev_name: str) -> None:
                 return matcher(logits, boxes, targets)
         fns = {"full": lambda: matcher(logits, boxes, targets), "cost": cost_only,
                "scipy": lambda: [linear_sum_assignment(c) for c in captured]}
-        t = round_robin(fns, device, args)
+        t = round_robin_args(fns, device, args)
         full, cost, sp = ms(t["full"]), ms(t["cost"]), ms(t["scipy"])
         rows.append(f"| {label} | {q}x{args.boxes} | {full:.2f} | {spread(t['full'])} | {full / len(targets):.3f} | "
                     f"{cost:.2f} | {spread(t['cost'])} | {sp:.3f} | {spread(t['scipy'])} | {100 * sp / full:.0f}% |")
@@ -355,10 +329,10 @@ def bench_inference(args, device: torch.device, dev_name: str) -> None:
             if tuple(out["layers"][-1]["logits"].shape) != (b, model.num_queries, len(PHRASES)):
                 raise RuntimeError(f"{name}: logits shape {tuple(out['layers'][-1]['logits'].shape)}")
             fns[b] = call
-        t = round_robin(fns, device, args)
+        t = round_robin_args(fns, device, args)
         for b in batches:
             rows.append(f"| {describe(name, kwargs, model)} | {n_params / 1e6:.1f} M | {tokens} | {b} | "
-                        f"{ms(t[b]):.1f} | {b / min(t[b]):.1f} | {spread(t[b])} |")
+                        f"{ms(t[b]):.1f} | {b / fastest(t[b]):.1f} | {spread(t[b])} |")
         print(f"  inference, {name} measured", file=sys.stderr, flush=True)
         del model, fns, t  # free the model before building the next one
     args_text = "; ".join(f"{n} = `build_grounding_model({', '.join(f'{k}={v!r}' for k, v in MODEL_CONFIGS[n].items())})`"
@@ -375,7 +349,7 @@ def bench_inference(args, device: torch.device, dev_name: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -434,8 +408,7 @@ def main(argv=None) -> int:
     print(f"# ovd: device {dev_name}, {platform.machine()} {platform.system()}, {os.cpu_count()} logical CPUs; "
           f"torch {torch.__version__}, timm {timm.__version__}, scipy {scipy.__version__}, numpy {np.__version__}, "
           f"Python {platform.python_version()}")
-    print(f"command: `{shlex.join(['python', *sys.argv])}`"
-          + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""))
+    print(f"command: {command_line(__spec__.name)}")
     print(f"timing: fastest of >= {args.reps} calls per function (>= {args.min_time:g} s per round-robin, "
           f"<= {args.max_reps}) after {args.warmup} warm-up; spread = (slowest - fastest) / fastest of N calls; "
           "float32" + ("; QUICK smoke-test sizes, not for the docs" if args.quick else "") + "\n", flush=True)

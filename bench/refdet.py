@@ -81,12 +81,12 @@ is hard-coded. float32 throughout. Nothing is written inside the repository exce
 ``ensure_demo_refdet`` writes under ``--demo-dir``; frame caches and the synthetic videos go into temporary
 folders that are removed at the end.
 
-    python bench/refdet.py                                       # CPU, torch's default threads, demo data
-    python bench/refdet.py --freeze-dino-layers 12 6 --skip extract
-    python bench/refdet.py --skip cache                          # section 2 only: 1280x720 x 300 frames, GOP 25 50 250
-    python bench/refdet.py --skip cache --video-size 1920 1080 --gops 50 250
-    python bench/refdet.py --data-root datasets/train --videos 4 --background-frames 20
-    OMP_NUM_THREADS=1 python bench/refdet.py --quick --threads 1  # smoke test: tiny sizes, 2 reps (section 2: 1)
+    python -m bench.refdet                                       # CPU, torch's default threads, demo data
+    python -m bench.refdet --freeze-dino-layers 12 6 --skip extract
+    python -m bench.refdet --skip cache                          # section 2 only: 1280x720 x 300 frames, GOP 25 50 250
+    python -m bench.refdet --skip cache --video-size 1920 1080 --gops 50 250
+    python -m bench.refdet --data-root datasets/train --videos 4 --background-frames 20
+    OMP_NUM_THREADS=1 python -m bench.refdet --quick --threads 1  # smoke test: tiny sizes, 2 reps (section 2: 1)
 """
 from __future__ import annotations
 
@@ -95,73 +95,38 @@ import copy
 import os
 import platform
 import random
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from fractions import Fraction
-from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import av
+import numpy as np
+import PIL
+import PIL.features
+from PIL import Image
+import timm
+import torch
+from torch import nn
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL  # noqa: E402
-import PIL.features  # noqa: E402
-from PIL import Image  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from src.errors import DataError  # noqa: E402
-from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos  # noqa: E402
-from src.data.demo_refdet import ensure_demo_refdet  # noqa: E402
-from src.data.images import load_rgb  # noqa: E402
-from src.data.loading import DataWarnings  # noqa: E402
-from src.data.refdet import EpisodeSampler, RefDetFrames, collate_episode  # noqa: E402
-from src.losses.refdet import RefDetCriterion  # noqa: E402
-from src.models.refdet import RefDetModel, SupportCache, build_refdet_model  # noqa: E402
-from src.tools.extract_frames import (ensure_frame_cache, extract_video, iter_video_frames,  # noqa: E402
-                                      seek_read_frames)
-from src.training import distributed as D  # noqa: E402
-from src.training.optim import param_groups  # noqa: E402
-from src.training.perf import round_robin as perf_round_robin  # noqa: E402
-from src.training.perf import sync  # noqa: E402
+from bench.timing import (alternating_rounds, command_line, fastest, median, ms, ratio, round_robin_args,
+                          spread)
+from src.errors import DataError
+from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos
+from src.data.demo_refdet import ensure_demo_refdet
+from src.data.frames import ensure_frame_cache, extract_video, iter_video_frames, seek_read_frames
+from src.data.images import load_rgb
+from src.data.loading import DataWarnings
+from src.data.refdet import EpisodeSampler, RefDetFrames, collate_episode
+from src.losses.refdet import RefDetCriterion
+from src.models.refdet import RefDetModel, SupportCache, build_refdet_model
+from src.training import distributed as D
+from src.training.optim import param_groups
+from src.training.perf import sync
 
 DEMO_SUPPORT_SIZE = 64   # what train_yolov8n_refdet.py --demo trains at (DEMO_DEFAULTS), stated in the table
-
-
-# ----------------------------------------------------------------------------- timing helpers
-
-def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, args,
-                before: Callable[[], None] | None = None) -> dict[str, list[float]]:
-    """Seconds of each call of each function after ``args.warmup`` untimed calls each, in turn;
-    ``before`` runs between the warm-up and the timed calls (untimed)."""
-    for fn in fns.values():
-        for _ in range(args.warmup):
-            fn()
-    if before is not None:
-        before()
-    return perf_round_robin(fns, device, args.reps, args.min_time, args.max_reps)
-
-
-def ms(ts: list[float]) -> float:
-    return 1e3 * min(ts)
-
-
-def med(ts: list[float]) -> float:
-    return 1e3 * statistics.median(ts)
-
-
-def spread(ts: list[float]) -> str:
-    return f"{100 * (max(ts) - min(ts)) / min(ts):.0f}% of {len(ts)}"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b > 0 else "n/a"
 
 
 # ----------------------------------------------------------------------------- data
@@ -292,16 +257,17 @@ def bench_cache(args, device: torch.device, dev_name: str, records: list[VideoRe
         entries = len(cache)           # each entry: K references x tokens x dim, float32
         cache_mb = entries * facts["refs"] * (enc_.grid[0] * enc_.grid[1] + enc_.num_prefix) * enc_.dim * 4 / 2 ** 20
 
-        steps = round_robin({"cache": cached.step, "plain": plain.step}, device, args, before=cache.reset_counts)
+        steps = round_robin_args({"cache": cached.step, "plain": plain.step}, device, args, before=cache.reset_counts)
         hits, misses = cache.reset_counts()
-        enc = round_robin({"cache": cached.encode, "plain": plain.encode}, device, args)
+        enc = round_robin_args({"cache": cached.encode, "plain": plain.encode}, device, args)
         cache.reset_counts()
         sc, sp, ec, ep = ms(steps["cache"]), ms(steps["plain"]), ms(enc["cache"]), ms(enc["plain"])
+        mc, mp = ms(steps["cache"], median), ms(steps["plain"], median)
         rate = hits / (hits + misses) if hits + misses else float("nan")
         rows.append(f"| {freeze} of {depth} ({depth - freeze} train) | {n_trainable / 1e6:.2f} M | "
-                    f"{sc:.0f} / {med(steps['cache']):.0f} | {spread(steps['cache'])} | "
-                    f"{sp:.0f} / {med(steps['plain']):.0f} | {spread(steps['plain'])} | "
-                    f"**{ratio(sp, sc)}** / {ratio(med(steps['plain']), med(steps['cache']))} | {sp - sc:.0f} | "
+                    f"{sc:.0f} / {mc:.0f} | {spread(steps['cache'])} | "
+                    f"{sp:.0f} / {mp:.0f} | {spread(steps['plain'])} | "
+                    f"**{ratio(sp, sc)}** / {ratio(mp, mc)} | {sp - sc:.0f} | "
                     f"{ec:.1f} | {ep:.1f} | {ep - ec:.1f} | {100 * rate:.1f}% ({hits}/{hits + misses}) | "
                     f"{entries} keys, {cache_mb:.1f} MB |")
         notes.append(f"freeze {freeze}: loss differs by {max(d[0] for d in diffs):.1e} (relative), gradients by "
@@ -514,13 +480,11 @@ def measure_videos(args, records: list[VideoRecord], background: int, tmp: str, 
             times["c"].append(time.perf_counter() - t0)
 
         fns = {"a": run_a, "b": run_b, "c": run_c}
-        start, rep = time.perf_counter(), 0
-        while rep < args.max_reps and (rep < args.extract_reps or time.perf_counter() - start < args.min_time):
-            for key in (("a", "b", "c") if (v + rep) % 2 == 0 else ("c", "b", "a")):
-                fns[key]()
-            rep += 1
+        for _, key in alternating_rounds(("a", "b", "c"), args.extract_reps, args.min_time, args.max_reps,
+                                         reverse_first=v % 2 == 1):
+            fns[key]()
         shutil.rmtree(first)
-        a, b, c = min(times["a"]), min(times["b"]), min(times["c"])
+        a, b, c = fastest(times["a"]), fastest(times["b"]), fastest(times["c"])
         n, n_frames = len(frames), index["num_frames"]
         tot["a"], tot["b"], tot["c"], tot["n"] = tot["a"] + a, tot["b"] + b, tot["c"] + c, tot["n"] + n
         keys = facts["keyframes"] or [0]
@@ -535,7 +499,7 @@ def measure_videos(args, records: list[VideoRecord], background: int, tmp: str, 
                     f"{gop} ({len(keys)}) | {n} ({len(index['frames'])} + {len(index['background'])}), "
                     f"{jpeg_mb:.1f} MB | {n_frames / n:.1f} / {dec_b:.1f} | {a:.3f} | {n / a:.0f} | {b:.3f} | "
                     f"{n / b:.0f} | {c:.3f} | {n / c:.0f} | **{ratio(b, a)}** | **{ratio(b, c)}** | {e} | "
-                    f"{spread(times['a']).split(' of ')[0]} / {spread(times['b']).split(' of ')[0]} / "
+                    f"{spread(times['a'], with_count=False)} / {spread(times['b'], with_count=False)} / "
                     f"{spread(times['c'])} |")
         print(f"  extract, {record.video_id} measured", file=sys.stderr, flush=True)
     return rows, tot
@@ -582,8 +546,7 @@ def bench_extract(args, records: list[VideoRecord], source: str) -> None:
     print(f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs{ram}; PyAV {av.__version__} (FFmpeg libavcodec "
           f"{'.'.join(map(str, av.library_versions.get('libavcodec', ())))}), Pillow {PIL.__version__} "
           f"(libjpeg {jpeg_ver}{turbo}), numpy {np.__version__}, Python {platform.python_version()}. Command: "
-          f"`{shlex.join(['python', *sys.argv])}`"
-          + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else "")
+          f"{command_line(__spec__.name)}"
           + ("; QUICK smoke-test sizes, not for the docs" if args.quick else "") + ".\n")
     print(f"Per video: (a) = `extract_video` into an empty folder, the one-time cost of our pipeline: one sequential "
           f"decode of every frame, the annotated frames + a seeded reservoir of background frames JPEG-encoded "
@@ -627,7 +590,7 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto (section 1; decoding is on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -723,8 +686,7 @@ def run(args, device: torch.device) -> int:
           f"{os.cpu_count()} logical CPUs; torch {torch.__version__}, timm {timm.__version__}, PyAV {av.__version__} "
           f"(FFmpeg {'.'.join(map(str, av.library_versions.get('libavcodec', ())))} libavcodec), "
           f"Python {platform.python_version()}")
-    print(f"command: `{shlex.join(['python', *sys.argv])}`"
-          + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""))
+    print(f"command: {command_line(__spec__.name)}")
     print(f"float32; episodes of {args.n_way} videos x ({args.n_query} + {args.n_background}) query frames at "
           f"{args.image_size} px, {args.n_way} x 3 references at {args.support_size} px; timing: fastest (and median) "
           f"of >= {args.reps} calls per function (>= {args.min_time:g} s per round-robin, <= {args.max_reps}) after "

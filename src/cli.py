@@ -111,6 +111,12 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return args
 
 
+def with_values(args: argparse.Namespace, **values: Any) -> argparse.Namespace:
+    """A copy of ``args`` with ``values`` set: parsing resolves derived values (demo data paths, seed
+    flags) into a new namespace, and nothing changes ``args`` after parsing."""
+    return argparse.Namespace(**{**vars(args), **values})
+
+
 def set_default_lrs(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace,
                     base_lr: float, head_lr: float) -> None:
     """Scripts with a single ``--lr``: ``--base-lr``/``--head-lr`` follow it unless typed explicitly."""
@@ -154,7 +160,8 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
     try:
         return int(main(argv) or 0)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        flag = f"--{exc.param.replace('_', '-')}: " if exc.param else ""
+        print(f"error: {flag}{exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)

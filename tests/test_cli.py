@@ -1,7 +1,16 @@
 """Shared command-line conventions: dash and underscore spellings, demo defaults, typed flags win."""
-from src.tasks.classification import build_parser, parse_args
+import train_MobileNetV3_Small_BoT_Linear
+import train_ResNet18_Hybrid
+import train_vietocr
+from src.tasks.classification import parse_args
 
 MNV3, R18 = "MobileNetV3_Small_BoT_Linear", "ResNet18_Hybrid"
+SCRIPTS = {MNV3: train_MobileNetV3_Small_BoT_Linear, R18: train_ResNet18_Hybrid}
+
+
+def build_parser(model, description=""):
+    """The parser of the script whose default model is ``model``."""
+    return SCRIPTS[model].build_parser()
 
 
 def test_dash_and_underscore_spellings_are_the_same_flag():
@@ -28,17 +37,16 @@ def test_demo_defaults_follow_the_backbone_and_typed_flags_win():
 def test_explicit_args_ignores_set_defaults():
     """--resume must not mistake a script's set_defaults() (or demo defaults) for typed flags."""
     from src import cli
-    from src.tasks.ocr import build_parser as ocr_parser
-
-    parser = ocr_parser("")
+    parser = train_vietocr.build_parser()
     assert cli.explicit_args(parser, ["--resume", "x"]) == {"resume": "x"}
     cli.parse_with_demo_defaults(parser, ["--demo"], {"epochs": 5})
     assert cli.explicit_args(parser, ["--demo", "--lr", "0.1"]) == {"demo": True, "lr": 0.1}
 
 
 def test_ocr_demo_defaults_and_typed_flags_win():
-    from src.tasks.ocr import build_parser, parse_args
+    from src.tasks.ocr import parse_args
 
+    build_parser = (lambda _: train_vietocr.build_parser())
     demo = parse_args(build_parser(""), ["--demo"])
     assert (demo.model_size, demo.ctc_weight, demo.batch_size, demo.epochs, demo.augment) == ("small", 1.0, 8, 8, False)
     assert demo.base_lr == demo.head_lr == 1e-3 and demo.label_smoothing == 0.0

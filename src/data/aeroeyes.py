@@ -168,8 +168,8 @@ def read_aeroeyes(root: str, annotations: str | None, warnings: DataWarnings,
     if os.path.isfile(ann_path):
         boxes = read_annotations(ann_path)
     elif annotations or require_boxes:
-        raise DataError(f"{ann_path}: annotation file not found (pass --annotations PATH; a folder without "
-                        f"annotations can only be predicted on)")
+        raise DataError(f"{ann_path}: annotation file not found (a folder without annotations can only be "
+                        f"predicted on)", param="annotations")
     folders = sorted(d for d in os.listdir(samples)
                      if not d.startswith(".") and os.path.isdir(os.path.join(samples, d)))
     records = []

@@ -272,7 +272,8 @@ class OCRDataset(Dataset):
                 if bad:
                     if unknown_char == "error":
                         raise DataError(f"{annotation_file}:{line}: label has characters outside the vocabulary "
-                                        f"{bad!r} (use --unknown-char skip or --vocab FILE)")
+                                        f"{bad!r} (skip such labels, or give a vocabulary that has them)",
+                                        param="unknown_char")
                     warnings.add("unknown_char", rel, f"characters {bad!r}")
                     continue
                 h, w = map(int, txn.get(b"dim-%09d" % i).split())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import box_convert, box_iou
 
+from src.metrics.meter import SumMeter
+
 KS = (1, 5, 10)
 
 
@@ -41,19 +43,15 @@ def baseline_hits(logits: torch.Tensor, boxes: torch.Tensor, true_boxes: torch.T
     return torch.stack([(ious[true_phrase == p] >= iou).any() for p in range(num_phrases)])
 
 
-class GroundingMeter:
-    """Accumulates recall counts and the mAP state over batches; ``values()`` are sums that can be
-    all-reduced across ranks, ``compute`` turns them into metrics."""
+class GroundingMeter(SumMeter):
+    """One evaluation pass: recall counts and the validation loss as sums, and the detections and
+    ground truth that mAP needs (kept per batch, in order, so merged ranks give the same mAP as one
+    process would over the same batches)."""
 
     def __init__(self, ks=KS, with_map: bool = True) -> None:
-        self.ks = ks
-        self.hits = torch.zeros(len(ks))
-        self.baseline = 0.0
-        self.phrases = 0
-        self.map = None
-        if with_map:
-            from torchmetrics.detection import MeanAveragePrecision
-            self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        super().__init__(*(f"hits@{k}" for k in ks), "baseline", "phrases")
+        self.ks, self.with_map = ks, with_map
+        self.map_batches: list[tuple[list[dict], list[dict]]] = []   # (predictions, ground truth) per batch
 
     def update(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict], num_phrases: list[int],
                to_pixels: list[float] | None = None) -> None:
@@ -64,28 +62,36 @@ class GroundingMeter:
         for b, t in enumerate(targets):
             P = num_phrases[b]
             tb, tp = t["boxes"].cpu(), t["phrase"].cpu()
-            self.hits += phrase_hits(logits[b], boxes[b], tb, tp, P, self.ks).sum(0)
-            self.baseline += float(baseline_hits(logits[b], boxes[b], tb, tp, P).sum())
-            self.phrases += P
-            if self.map is not None:
+            hits = phrase_hits(logits[b], boxes[b], tb, tp, P, self.ks).sum(0)
+            self.add(**{f"hits@{k}": float(h) for k, h in zip(self.ks, hits.tolist())})
+            self.add(baseline=float(baseline_hits(logits[b], boxes[b], tb, tp, P).sum()), phrases=P)
+            if self.with_map:
                 k = to_pixels[b] if to_pixels else 1.0
                 xyxy = box_convert(boxes[b], "cxcywh", "xyxy") * k
                 Q = xyxy.shape[0]
                 preds.append({"boxes": xyxy.repeat(P, 1), "scores": logits[b, :, :P].sigmoid().T.reshape(-1),
                               "labels": torch.arange(P).repeat_interleave(Q)})
                 gts.append({"boxes": box_convert(tb, "cxcywh", "xyxy") * k, "labels": tp})
-        if self.map is not None and preds:
-            self.map.update(preds, gts)
+        if self.with_map and preds:
+            self.map_batches.append((preds, gts))
 
-    def values(self) -> list[float]:
-        return [*self.hits.tolist(), self.baseline, float(self.phrases)]
+    def state(self) -> dict:
+        return {"sums": super().state(), "map_batches": self.map_batches}
 
-    def compute(self, totals: list[float] | None = None) -> dict[str, float]:
-        totals = totals if totals is not None else self.values()
-        n = max(1.0, totals[-1])
-        out = {f"recall@{k}": totals[j] / n for j, k in enumerate(self.ks)}
-        out["baseline_recall@1"] = totals[len(self.ks)] / n
-        if self.map is not None:
-            res = self.map.compute()
+    def merge(self, states) -> None:
+        super().merge([s["sums"] for s in states])
+        for s in states:
+            self.map_batches += s["map_batches"]
+
+    def compute(self) -> dict[str, float]:
+        n = max(1.0, self.sums["phrases"])
+        out = {"loss": self.loss(), **{f"recall@{k}": self.sums[f"hits@{k}"] / n for k in self.ks},
+               "baseline_recall@1": self.sums["baseline"] / n}
+        if self.with_map:
+            from torchmetrics.detection import MeanAveragePrecision
+            metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+            for preds, gts in self.map_batches:
+                metric.update(preds, gts)
+            res = metric.compute()
             out["map"], out["map50"] = float(res["map"]), float(res["map_50"])
         return out

@@ -16,6 +16,8 @@ from typing import Sequence
 
 from rapidfuzz.distance import Levenshtein
 
+from src.metrics.meter import SumMeter
+
 SUM_KEYS = ("char_edits", "chars", "word_edits", "words", "exact", "per_char", "lines")
 
 
@@ -25,41 +27,35 @@ def per_char_accuracy(truth: str, pred: str) -> float:
     return sum(t == p for t, p in zip(truth, pred)) / len(truth)
 
 
-class OCRMeter:
+class OCRMeter(SumMeter):
+    """Sums of edits, lengths and matches (and the validation loss over tokens): ranks add theirs
+    before the ratios are taken."""
+
     def __init__(self) -> None:
-        self.sums = dict.fromkeys(SUM_KEYS, 0.0)
+        super().__init__(*SUM_KEYS)
 
     def update(self, truths: Sequence[str], preds: Sequence[str]) -> None:
         for t, p in zip(truths, preds, strict=True):
             tw, pw = t.split(), p.split()
-            self.sums["char_edits"] += Levenshtein.distance(t, p)
-            self.sums["chars"] += len(t)
-            self.sums["word_edits"] += Levenshtein.distance(tw, pw)
-            self.sums["words"] += len(tw)
-            self.sums["exact"] += float(t == p)
-            self.sums["per_char"] += per_char_accuracy(t, p)
-            self.sums["lines"] += 1
+            self.add(char_edits=Levenshtein.distance(t, p), chars=len(t), word_edits=Levenshtein.distance(tw, pw),
+                     words=len(tw), exact=float(t == p), per_char=per_char_accuracy(t, p), lines=1)
 
-    def values(self) -> list[float]:
-        return [self.sums[k] for k in SUM_KEYS]
-
-    @staticmethod
-    def compute(values: Sequence[float]) -> dict[str, float]:
-        """``{"cer", "wer", "acc_full_seq", "acc_per_char"}`` from (possibly rank-summed) ``values``."""
-        s = dict(zip(SUM_KEYS, values))
+    def compute(self) -> dict[str, float]:
+        """``{"loss", "cer", "wer", "acc_full_seq", "acc_per_char"}``."""
+        s = self.sums
         lines = s["lines"]
         if not lines:
-            return dict.fromkeys(("cer", "wer", "acc_full_seq", "acc_per_char"), float("nan"))
+            return {"loss": self.loss(), **dict.fromkeys(("cer", "wer", "acc_full_seq", "acc_per_char"), float("nan"))}
 
         def rate(edits: float, total: float) -> float:
             # references that are all empty: no error unless something was predicted
             return edits / total if total else float(edits > 0)
 
-        return {"cer": rate(s["char_edits"], s["chars"]), "wer": rate(s["word_edits"], s["words"]),
+        return {"loss": self.loss(), "cer": rate(s["char_edits"], s["chars"]), "wer": rate(s["word_edits"], s["words"]),
                 "acc_full_seq": s["exact"] / lines, "acc_per_char": s["per_char"] / lines}
 
 
 def ocr_metrics(truths: Sequence[str], preds: Sequence[str]) -> dict[str, float]:
     meter = OCRMeter()
     meter.update(truths, preds)
-    return OCRMeter.compute(meter.values())
+    return {k: v for k, v in meter.compute().items() if k != "loss"}

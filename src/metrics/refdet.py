@@ -34,6 +34,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
+from src.metrics.meter import Meter
+
 _COORDS = ("x1", "y1", "x2", "y2")
 
 
@@ -103,7 +105,7 @@ def st_iou(truth: Mapping, pred: Mapping) -> tuple[float, dict]:
     return mean, per_video
 
 
-class RefDetMeter:
+class RefDetMeter(Meter):
     """Accumulates one validation pass, frame by frame, and turns it into ST-IoU and mAP50.
 
     Args:
@@ -112,6 +114,9 @@ class RefDetMeter:
         max_boxes_per_frame: ST-IoU keeps at most this many of a frame's highest-scoring boxes above
             the threshold (1: the challenge has one object per frame; None: no limit).
         with_map: also compute mAP50 (needs torchmetrics + pycocotools).
+        sweep: ``compute()`` also gives ``st_iou_best_threshold`` and ``st_iou_at_best_threshold``, the
+            ST-IoU the best score threshold of 0.05, 0.10, ..., 0.95 would give on these predictions
+            (chosen on this split: a guide to ``score_threshold``, not a test figure).
 
     ST-IoU sees only the frames passed to ``update``: with a frame stride it is the metric of the
     strided video. Distributed evaluation: ``state()`` is a plain picklable dict
@@ -121,12 +126,12 @@ class RefDetMeter:
     """
 
     def __init__(self, score_threshold: float = 0.5, max_boxes_per_frame: int | None = 1,
-                 with_map: bool = True) -> None:
+                 with_map: bool = True, sweep: bool = False) -> None:
         if max_boxes_per_frame is not None and max_boxes_per_frame < 1:
             raise ValueError(f"max_boxes_per_frame must be >= 1 or None, got {max_boxes_per_frame}")
         self.score_threshold = score_threshold
         self.max_boxes_per_frame = max_boxes_per_frame
-        self.with_map = with_map
+        self.with_map, self.sweep = with_map, sweep
         # video_id -> frame -> (truth boxes, predicted boxes, scores), as plain lists: cheap to pickle
         self._frames: dict = {}
 
@@ -205,6 +210,10 @@ class RefDetMeter:
         out = {"st_iou": st_iou(self.truth(), self.predictions())[0]}
         if self.with_map:
             out["map50"] = self.map50()
+        if self.sweep:
+            sweep = self.threshold_sweep([round(0.05 * i, 2) for i in range(1, 20)])
+            best = max(sweep, key=sweep.get)
+            out["st_iou_best_threshold"], out["st_iou_at_best_threshold"] = best, sweep[best]
         return out
 
 

@@ -87,7 +87,7 @@ def create_classifier(model: str, num_classes: int, heads: int = 4, reduction: i
                       pretrained_weights: str | None = None) -> AttentionClassifier:
     """Build one of :data:`MODELS` by name."""
     if model not in MODELS:
-        raise DataError(f"unknown --model {model!r}; choose from: {', '.join(MODELS)}")
+        raise DataError(f"unknown model {model!r}; choose from: {', '.join(MODELS)}", param="model")
     backbone_key, block_kinds = MODELS[model]
     backbone = create_timm_features(BACKBONES[backbone_key], pretrained, pretrained_weights)
     channels = backbone.feature_info.channels()[-1]

@@ -27,7 +27,7 @@ def create_timm_model(timm_name: str, pretrained: bool = False, pretrained_weigh
     kwargs = model_kwargs
     if pretrained_weights:
         if not os.path.isfile(pretrained_weights):
-            raise DataError(f"--pretrained-weights: file not found: {pretrained_weights}")
+            raise DataError(f"file not found: {pretrained_weights}", param="pretrained_weights")
         return timm.create_model(timm_name, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained_weights)),
                                  **kwargs)
@@ -39,5 +39,5 @@ def create_timm_model(timm_name: str, pretrained: bool = False, pretrained_weigh
         raise DataError(
             f"could not load pretrained weights for timm model '{timm_name}' ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Without internet, download "
-            f"them elsewhere and pass --pretrained-weights PATH (.safetensors/.pth state dict)"
+            f"them elsewhere and pass the local file (.safetensors/.pth state dict)", param="pretrained_weights"
         ) from None

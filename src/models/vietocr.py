@@ -153,7 +153,7 @@ def load_vgg19_bn_features(features: nn.Sequential, pretrained_weights: str | No
     torchvision's ``vgg19_bn`` state dict, or its ``features`` alone), else through torchvision's weights
     API (``VGG19_BN_Weights.IMAGENET1K_V1``: the torch.hub cache, or a download)."""
     if pretrained_weights:
-        state = torch_load_file(pretrained_weights, "--pretrained-weights file", PretrainedWeightsError)
+        state = torch_load_file(pretrained_weights, "pretrained weights file", PretrainedWeightsError)
         source = pretrained_weights
     else:
         try:
@@ -162,7 +162,8 @@ def load_vgg19_bn_features(features: nn.Sequential, pretrained_weights: str | No
             detail = str(exc).splitlines()[0] if str(exc) else "no detail"
             raise PretrainedWeightsError(
                 f"could not download torchvision's vgg19_bn ImageNet weights ({type(exc).__name__}: {detail}); "
-                f"without internet, download {VGG19_BN_URL} elsewhere and pass --pretrained-weights PATH") from None
+                f"without internet, download {VGG19_BN_URL} elsewhere and pass the local file",
+                param="pretrained_weights") from None
         source = VGG19_BN_URL
     if not isinstance(state, dict):
         raise PretrainedWeightsError(f"{source}: expected a state dict, got {type(state).__name__}")
@@ -734,12 +735,13 @@ def build_vietocr(arch: str, vocab_size: int, model_size: str = "full", pretrain
     ``ctc_head`` adds the training-only linear CTC head (``E * V + V`` more parameters).
     """
     if arch not in VIETOCR_ARCHS:
-        raise DataError(f"unknown --arch {arch!r}; choose from: {', '.join(VIETOCR_ARCHS)}")
+        raise DataError(f"unknown architecture {arch!r}; choose from: {', '.join(VIETOCR_ARCHS)}", param="arch")
     if model_size not in SIZES:
-        raise DataError(f"unknown --model-size {model_size!r}; choose from: {', '.join(SIZES)}")
+        raise DataError(f"unknown model size {model_size!r}; choose from: {', '.join(SIZES)}", param="model_size")
     pretrained = pretrained or bool(pretrained_weights)
     if pretrained and model_size != "full":
-        raise DataError("pretrained VGG19-bn weights exist only for --model-size full")
+        raise DataError(f"pretrained VGG19-bn weights exist only for model size 'full', not {model_size!r}",
+                        param="model_size")
     cfg = SIZES[model_size]
     d = cfg["d_model"]
     backbone = VGGBackbone(cfg["cnn_cfg"], d, cfg["cnn_dropout"])

@@ -1,5 +1,6 @@
-"""Image classification through the shared loop: flags, the task object, the script flow and
-``--predict``. Both classification scripts are this module with a different default ``--model``."""
+"""Image classification, the plugin of both classification scripts: the task (training step,
+validation step and meter, confusion matrices), its flags, data and ``--predict``. The scripts differ
+only in their default ``--model``."""
 from __future__ import annotations
 
 import argparse
@@ -8,24 +9,23 @@ import os
 import sys
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src import cli
 from src.errors import DataError
-from src.data.classification import augment_transform, base_transform, build_classification_data
+from src.data.classification import (ClassificationData, augment_transform, base_transform,
+                                     build_classification_data)
 from src.data.demo_classification import ensure_demo_classification
 from src.data.images import BadImage, load_rgb_tensor
-from src.data.loading import DataWarnings, make_loader
-from src.metrics.classification import classification_metrics, confusion
-from src.models.classifiers import MODELS, build_classifier, create_classifier
-from src.training import distributed as D
+from src.data.loading import make_loader
+from src.metrics.classification import ClassificationMeter, confusion
+from src.models.classifiers import MODELS, create_classifier
 from src.training.checkpoint import load_checkpoint
-from src.training.loop import build_train_config, fit, seed_everything
 from src.training.plots import plot_confusion
-from src.training.run_dir import prepare_run_dir, setup_logging, write_config
+from src.training.run import Run, start_run
+from src.training.task import Task
 
 log = logging.getLogger("src")
 
@@ -44,7 +44,7 @@ def demo_defaults(model: str) -> dict:
     return {**DEMO_DEFAULTS, **DEMO_OVERRIDES.get(family, {})}
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Cross-entropy training; validation accuracy (monitored) and macro F1."""
 
     name = "classification"
@@ -53,74 +53,50 @@ class ClassificationTask:
 
     def __init__(self, class_names: list[str], image_size: int, model_config: dict,
                  channels_last: bool = False, label_smoothing: float = 0.0) -> None:
+        super().__init__(model_config, image_size)
         self.class_names = class_names
-        self.fps_image_size = image_size
-        self.model_config = model_config
         self.channels_last = channels_last
         self.label_smoothing = label_smoothing
-        self.warnings = DataWarnings()
-        self._last_eval: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._meters: dict[str, ClassificationMeter] = {}
 
-    def _images(self, batch, device):
-        x = batch["image"]
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_step(self, model: nn.Module, batch: dict, device: torch.device):
-        self.warnings.add_many(batch["bad"])
-        if "image" not in batch:
-            return None, 0
-        logits = model(self._images(batch, device))
+    def training_step(self, model: nn.Module, batch: dict):
+        logits = model(self._images(batch["image"]))
         loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.label_smoothing)
         return loss, int(batch["label"].numel())
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, device: torch.device, split: str) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        preds, labels, loss_sum = [], [], 0.0
-        for batch in loader:
-            self.warnings.add_many(batch["bad"])
-            if "image" not in batch:
-                continue
-            x = self._images({"image": batch["image"].to(device)}, device)
-            y = batch["label"].to(device)
-            logits = model(x).float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            preds.append(logits.argmax(1).cpu())
-            labels.append(y.cpu())
-        model.train(was_training)
-        local = (torch.cat(preds).numpy() if preds else np.zeros(0, int),
-                 torch.cat(labels).numpy() if labels else np.zeros(0, int), loss_sum)
-        parts = D.all_gather_objects(local)  # exact metrics over every rank's shard
-        y_pred = np.concatenate([p[0] for p in parts])
-        y_true = np.concatenate([p[1] for p in parts])
-        self._last_eval[split] = (y_true, y_pred)
-        n = len(y_true)
-        return {"loss": sum(p[2] for p in parts) / n if n else float("nan"),
-                **classification_metrics(y_true, y_pred, len(self.class_names))}
+    def new_meter(self, split: str) -> ClassificationMeter:
+        self._meters[split] = ClassificationMeter(len(self.class_names))   # kept for the confusion matrix
+        return self._meters[split]
+
+    def validation_step(self, model: nn.Module, batch: dict, meter: ClassificationMeter, split: str) -> None:
+        logits = model(self._images(batch["image"])).float()
+        y = batch["label"]
+        meter.update(logits.argmax(1).cpu(), y.cpu(), float(F.cross_entropy(logits, y, reduction="sum")))
 
     def example_input(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        x = torch.randn(batch_size, 3, self.fps_image_size, self.fps_image_size, device=device)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self._images(torch.randn(batch_size, 3, self.fps_image_size, self.fps_image_size, device=device))
 
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
         for split, fname in (("valid", "confusion_matrix.png"), ("test", "confusion_matrix_test.png")):
-            if split in self._last_eval:
-                y_true, y_pred = self._last_eval[split]
+            if split in self._meters:
+                y_true, y_pred = self._meters[split].arrays()
                 plot_confusion(confusion(y_true, y_pred, len(self.class_names)), self.class_names,
                                os.path.join(run_dir, fname), f"{split} confusion matrix (best checkpoint)")
 
 
-def build_parser(default_model: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
+def add_args(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """The classification scripts' own flags: data (metadata CSV), model, inference."""
+    g = parser.add_argument_group("data")
     cli.add_flag(g, "--metadata", default="data/metadata.csv", help="CSV with columns path,label,split")
     cli.add_flag(g, "--label2id", default="data/label2id.json", help='JSON {"label": id}')
     cli.add_flag(g, "--image-size", type=int, default=224)
     cli.add_flag(g, "--cache-images", action="store_true",
                  help="keep decoded, resized images in RAM after the first epoch")
     cli.add_flag(g, "--demo-dir", default="data/demo/classification", help="where --demo writes its dataset")
-    m = p.add_argument_group("model")
+    m = parser.add_argument_group("model")
     cli.add_flag(m, "--model", choices=list(MODELS), default=default_model)
     cli.add_flag(m, "--heads", type=int, default=4, help="attention heads of BoT blocks")
     cli.add_flag(m, "--reduction", type=int, default=32, help="Coordinate Attention reduction ratio")
@@ -129,69 +105,45 @@ def build_parser(default_model: str, description: str) -> argparse.ArgumentParse
     cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH",
                  help="local timm weights file for the backbone (implies --pretrained)")
     cli.add_flag(m, "--label-smoothing", type=float, default=0.0)
-    cli.add_training_args(p)
-    cli.add_data_args(p)
-    cli.add_output_args(p, default_model)
-    i = p.add_argument_group("inference")
+    i = parser.add_argument_group("inference")
     cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="print top-3 classes per image")
     cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
-    return p
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    return cli.parse_script_args(parser, argv, lambda first: demo_defaults(first.model))
+    """Flags, ``--demo`` defaults by backbone family, the demo dataset's paths, a resumed run's arguments."""
+    args = cli.parse_script_args(parser, argv, lambda first: demo_defaults(first.model))
+    if args.demo:    # the generated dataset replaces the data paths
+        args = cli.with_values(args, metadata=os.path.join(args.demo_dir, "metadata.csv"),
+                               label2id=os.path.join(args.demo_dir, "label2id.json"))
+    return args
 
 
-def build_loaders(args, dist: D.DistInfo):
+def model_config(args, class_names: list[str]) -> dict:
+    """What ``best_model.pt`` records to rebuild the model for inference."""
+    return {"model": args.model, "model_name": args.model_name or args.model, "num_classes": len(class_names),
+            "heads": args.heads, "reduction": args.reduction, "dropout": args.dropout, "class_names": class_names,
+            "image_size": args.image_size}
+
+
+def build_data(args, run: Run) -> tuple[ClassificationData, dict]:
+    """The dataset (generated first under ``--demo``, by rank 0) and its loaders by split."""
     if args.demo:
-        if dist.is_main:
+        if run.is_main:
             log.info("demo data: %s", os.path.abspath(args.demo_dir))
-            args.metadata, args.label2id = ensure_demo_classification(args.demo_dir)
-        D.barrier()
-        args.metadata, args.label2id = ensure_demo_classification(args.demo_dir)
+            ensure_demo_classification(args.demo_dir)
+        run.barrier()
     data = build_classification_data(args.metadata, args.label2id, args.image_size, args.seed,
                                      args.train_limit, args.valid_limit, args.cache_images)
-    common = dict(seed=args.seed, num_workers=args.num_workers, pin_memory=args.pin_memory,
-                  rank=dist.rank, world_size=dist.world_size)
-    train = make_loader(data.train, batch_size=args.batch_size, train=True, **common)
-    valid = make_loader(data.valid, batch_size=args.batch_size, train=False, **common)
-    test = make_loader(data.test, batch_size=args.batch_size, train=False, **common) if data.test else None
+    common = dict(batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers,
+                  pin_memory=args.pin_memory, rank=run.dist.rank, world_size=run.dist.world_size)
+    loaders = {"train": make_loader(data.train, train=True, **common),
+               "valid": make_loader(data.valid, train=False, **common)}
+    if data.test:
+        loaders["test"] = make_loader(data.test, train=False, **common)
     log.info("data: %d train / %d valid / %d test images, %d classes", len(data.train), len(data.valid),
              len(data.test) if data.test else 0, len(data.class_names))
-    return data, train, valid, test
-
-
-def main(argv: Sequence[str] | None, default_model: str, description: str) -> int:
-    parser = build_parser(default_model, description)
-    args = parse_args(parser, argv)
-    if args.predict:
-        return predict_main(args)
-    dist = D.init_distributed(args.device)
-    try:
-        device = D.resolve_device(args.device, dist.local_rank)
-        setup_logging(None, dist.is_main)
-        data, train_loader, valid_loader, test_loader = build_loaders(args, dist)
-        seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
-        model = build_classifier(args, len(data.class_names))
-        name = args.model_name or args.model
-        run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)
-        setup_logging(run_dir, dist.is_main)
-        record = {k: v for k, v in vars(args).items()}
-        if dist.is_main and not args.resume:
-            write_config(run_dir, record, {"device": str(device), "world_size": dist.world_size,
-                                           "num_classes": len(data.class_names)})
-        log.info("run dir %s | model %s (%s params) | device %s x %d", run_dir, args.model,
-                 f"{sum(p.numel() for p in model.parameters()):,}", device, dist.world_size)
-        model_config = {"model": args.model, "model_name": name, "num_classes": len(data.class_names),
-                        "heads": args.heads, "reduction": args.reduction, "dropout": args.dropout,
-                        "class_names": data.class_names, "image_size": args.image_size}
-        task = ClassificationTask(data.class_names, args.image_size, model_config, args.channels_last,
-                                  args.label_smoothing)
-        fit(model, task, train_loader, valid_loader, build_train_config(args), run_dir, device, dist,
-            test_loader=test_loader, resume_from=args.resume, args_record=record)
-    finally:
-        D.cleanup_distributed()
-    return 0
+    return data, loaders
 
 
 def load_for_inference(weights: str, device: torch.device):
@@ -226,13 +178,13 @@ def predict_images(model: nn.Module, paths: list[str], image_size: int, class_na
 def predict_main(args) -> int:
     if not args.weights:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
-    device = D.resolve_device(args.device)
-    model, cfg = load_for_inference(args.weights, device)
-    failed = 0
-    for path, result in predict_images(model, args.predict, cfg["image_size"], cfg["class_names"], device):
-        if isinstance(result, str):
-            print(f"{path}\terror: {result}", file=sys.stderr)
-            failed += 1
-        else:
-            print(f"{path}\t" + "\t".join(f"{name} {p:.4f}" for name, p in result))
+    with start_run(args.device) as run:
+        model, cfg = load_for_inference(args.weights, run.device)
+        failed = 0
+        for path, result in predict_images(model, args.predict, cfg["image_size"], cfg["class_names"], run.device):
+            if isinstance(result, str):
+                print(f"{path}\terror: {result}", file=sys.stderr)
+                failed += 1
+            else:
+                print(f"{path}\t" + "\t".join(f"{name} {p:.4f}" for name, p in result))
     return 1 if failed else 0

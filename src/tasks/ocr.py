@@ -1,7 +1,7 @@
-"""``train_vietocr.py``: VietOCR-compatible text-line recognition through the shared loop.
+"""``train_vietocr.py``'s plugin: VietOCR-compatible text-line recognition on the shared engine.
 
 Data: VietOCR annotation files + LMDB cache (:mod:`src.data.ocr`); models: :mod:`src.models.vietocr`;
-metrics: :mod:`src.metrics.ocr`. Validation decodes batched greedy with a KV cache (or beam search
+metrics: :mod:`src.metrics.ocr`; inference: :mod:`src.tasks.ocr_inference`. Validation decodes batched greedy with a KV cache (or beam search
 with ``--beam-size``) and monitors ``valid_cer`` (lower is better).
 """
 from __future__ import annotations
@@ -9,28 +9,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from src import cli
 from src.errors import DataError
 from src.data.demo_ocr import ensure_demo_ocr
-from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings, make_loader
 from src.data.ocr import (EOS, IMAGE_HEIGHT, MASK, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab,
-                          WidthBucketBatchSampler, build_lmdb, collate_lines, line_tensor, resized_width)
+                          WidthBucketBatchSampler, build_lmdb, collate_lines)
 from src.metrics.ocr import OCRMeter
-from src.models.vietocr import VIETOCR_ARCHS, build_vietocr, decode_batch
+from src.models.vietocr import VIETOCR_ARCHS, decode_batch
+from src.tasks.ocr_inference import Recognizer
 from src.training import distributed as D
-from src.training.checkpoint import load_checkpoint
-from src.training.loop import build_train_config, fit, seed_everything
 from src.training.plots import plot_text_samples
-from src.training.run_dir import prepare_run_dir, setup_logging, write_config
+from src.training.run import Run
+from src.training.task import Task
 
 log = logging.getLogger("src")
 
@@ -40,8 +37,11 @@ log = logging.getLogger("src")
 DEMO_DEFAULTS = dict(model_size="small", ctc_weight=1.0, label_smoothing=0.0, augment=False, epochs=8,
                      batch_size=8, lr=1e-3, pct_start=0.04, max_decode_len=64, num_workers=1, patience=0)
 
+# VietOCR's training for the shared flags (its config: OneCycle, clip 1, no weight decay)
+SCRIPT_DEFAULTS = dict(scheduler="onecycle", clip_grad=1.0, weight_decay=0.0, batch_size=32, patience=0, epochs=20)
 
-class OCRTask:
+
+class OCRTask(Task):
     """Label-smoothed cross-entropy on teacher-forced decoding; CER/WER/accuracies from real decoding."""
 
     name = "ocr"
@@ -50,21 +50,17 @@ class OCRTask:
 
     def __init__(self, vocab: Vocab, model_config: dict, label_smoothing: float = 0.1, masked_lm: float = 0.0,
                  beam_size: int = 1, max_decode_len: int = 128, fps_width: int = 160, ctc_weight: float = 0.0) -> None:
-        self.vocab, self.model_config = vocab, model_config
+        super().__init__(model_config, [IMAGE_HEIGHT, fps_width])
+        self.vocab = vocab
         self.label_smoothing, self.masked_lm, self.ctc_weight = label_smoothing, masked_lm, ctc_weight
         self.beam_size, self.max_decode_len = beam_size, max_decode_len
-        self.fps_image_size = [IMAGE_HEIGHT, fps_width]
-        self.warnings = DataWarnings()
         self._samples: dict[str, list[tuple[torch.Tensor, str, str]]] = {}
 
     def loss(self, logits: torch.Tensor, tgt_output: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float().flatten(0, 1), tgt_output.flatten(), ignore_index=PAD,
                                label_smoothing=self.label_smoothing)
 
-    def training_step(self, model: nn.Module, batch: dict, device: torch.device):
-        self.warnings.add_many(batch["bad"])
-        if "image" not in batch:
-            return None, 0
+    def training_step(self, model: nn.Module, batch: dict):
         tgt_in = batch["tgt_input"]
         if self.masked_lm > 0:
             # masked-LM corruption (VietOCR): some input characters become <mask>, so the decoder
@@ -90,129 +86,38 @@ class OCRTask:
         return F.ctc_loss(log_probs, batch["tgt_output"][chars], input_lengths, chars.sum(1), blank=PAD,
                           zero_infinity=True)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, device: torch.device, split: str) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        meter, loss_sum, tokens, samples = OCRMeter(), 0.0, 0, []
-        for batch in loader:
-            self.warnings.add_many(batch["bad"])
-            if "image" not in batch:
-                continue
-            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            # the images are encoded once, for both the teacher-forced loss and the decoding
-            memory = model.encode(batch["image"])
-            logits = model.teacher_forced(memory, batch["tgt_input"], batch["tgt_padding_mask"])
-            n_tok = int((batch["tgt_output"] != PAD).sum())
-            loss_sum += float(self.loss(logits, batch["tgt_output"])) * n_tok
-            tokens += n_tok
-            ids, conf = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len,
-                                     memory=memory)
-            preds = [self.vocab.decode(row) for row in ids.tolist()]
-            meter.update(batch["text"], preds)
-            if len(samples) < 12:
-                samples += [(img.cpu(), t, p) for img, t, p in zip(batch["image"], batch["text"], preds)][:12 - len(samples)]
-        model.train(was_training)
-        self._samples[split] = samples
-        totals = D.all_reduce_sum([loss_sum, float(tokens), *meter.values()], device)
-        return {"loss": totals[0] / totals[1] if totals[1] else float("nan"), **OCRMeter.compute(totals[2:])}
+    def new_meter(self, split: str) -> OCRMeter:
+        self._samples[split] = []
+        return OCRMeter()
+
+    def validation_step(self, model: nn.Module, batch: dict, meter: OCRMeter, split: str) -> None:
+        # the images are encoded once, for both the teacher-forced loss and the decoding
+        memory = model.encode(batch["image"])
+        logits = model.teacher_forced(memory, batch["tgt_input"], batch["tgt_padding_mask"])
+        meter.add_loss(float(self.loss(logits, batch["tgt_output"])), int((batch["tgt_output"] != PAD).sum()))
+        ids, _ = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len, memory=memory)
+        preds = [self.vocab.decode(row) for row in ids.tolist()]
+        meter.update(batch["text"], preds)
+        samples = self._samples[split]
+        if len(samples) < 12:
+            samples += [(img.cpu(), t, p) for img, t, p in zip(batch["image"], batch["text"], preds)][:12 - len(samples)]
 
     def example_input(self, batch_size: int, device: torch.device) -> torch.Tensor:
         return torch.rand(batch_size, 3, *self.fps_image_size, device=device)
 
     def speed_module(self, model: nn.Module) -> nn.Module:
         """FPS measures what a user runs: encode + batched decoding, lines per second."""
-        return _Recognizer(model, self.beam_size, self.max_decode_len)
+        return Recognizer(model, self.beam_size, self.max_decode_len)
 
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
         if self._samples.get("valid"):
             plot_text_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"))
 
 
-class _Recognizer(nn.Module):
-    def __init__(self, model: nn.Module, beam_size: int, max_len: int) -> None:
-        super().__init__()
-        self.model, self.beam_size, self.max_len = model, beam_size, max_len
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return decode_batch(self.model, images, SOS, EOS, PAD, self.beam_size, self.max_len)[0]
-
-
-# ----------------------------------------------------------------------------- inference API
-
-def load_for_inference(weights: str, device: torch.device, quantize: str = "none"):
-    """(model in eval mode, vocab, model_config) from a ``best_model.pt`` of this script."""
-    ckpt = load_checkpoint(weights)
-    cfg = ckpt.get("model_config") or {}
-    if ckpt.get("task") != OCRTask.name or "arch" not in cfg:
-        raise DataError(f"{weights}: not an OCR checkpoint of this project")
-    vocab = Vocab(cfg["vocab"])
-    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False))
-    model.load_state_dict(ckpt["model"])
-    model = model.to(device).eval()
-    if quantize == "int8":
-        model = quantize_int8(model)
-    return model, vocab, cfg
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized on
-    the fly): a CPU inference speed-up for the transformer; the CNN stays fp32."""
-    return torch.ao.quantization.quantize_dynamic(model.cpu(), {nn.Linear}, dtype=torch.qint8)
-
-
-@torch.no_grad()
-def decode_images(model: nn.Module, images: Sequence[Image.Image], device: torch.device, batch_size: int = 32,
-                  beam_size: int = 1, max_len: int = 128, min_width: int = 32,
-                  max_width: int = 512) -> list[tuple[list[int], float]]:
-    """Decoded token ids (as :func:`decode_batch` returns them) and confidence for each PIL image, in
-    input order.
-
-    Images are resized with VietOCR's rule and grouped by resized width, so each batch needs no
-    padding and the decoder runs on full batches.
-    """
-    widths = [resized_width(im.width, im.height, IMAGE_HEIGHT, min_width, max_width) for im in images]
-    out: list[tuple[list[int], float] | None] = [None] * len(images)
-    for idx in WidthBucketBatchSampler(widths, batch_size, shuffle=False):
-        x = torch.stack([line_tensor(images[i], widths[i]) for i in idx]).to(device).float().div_(255)
-        ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
-        for i, row, c in zip(idx, ids.tolist(), conf.tolist()):
-            out[i] = (row, float(c))
-    return out  # type: ignore[return-value]
-
-
-def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], device: torch.device,
-              batch_size: int = 32, beam_size: int = 1, max_len: int = 128, min_width: int = 32,
-              max_width: int = 512) -> list[tuple[str, float]]:
-    """Text and confidence for each PIL image, in input order (batched by width: :func:`decode_images`)."""
-    return [(vocab.decode(row), conf) for row, conf in
-            decode_images(model, images, device, batch_size, beam_size, max_len, min_width, max_width)]
-
-
-def predict_main(args) -> int:
-    if not args.weights:
-        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
-    device = torch.device("cpu") if args.quantize == "int8" else D.resolve_device(args.device)
-    model, vocab, cfg = load_for_inference(args.weights, device, args.quantize)
-    images, paths, failed = [], [], 0
-    for path in args.predict:
-        try:
-            images.append(load_rgb(path))
-            paths.append(path)
-        except BadImage as exc:
-            print(f"{path}\terror: {exc.reason}", file=sys.stderr)
-            failed += 1
-    results = recognize(model, vocab, images, device, args.batch_size, args.beam_size, args.max_decode_len,
-                        cfg.get("image_min_width", 32), cfg.get("image_max_width", 512))
-    for path, (text, conf) in zip(paths, results):
-        print(f"{path}\t{text}\t{conf:.4f}")
-    return 1 if failed else 0
-
-
 # ----------------------------------------------------------------------------- script
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_args(p: argparse.ArgumentParser) -> None:
+    """``train_vietocr.py``'s own flags: data in VietOCR's format, model, VietOCR's optimizer, inference."""
     d = p.add_argument_group("data (VietOCR format)")
     cli.add_flag(d, "--data-root", default=None, help="folder the annotation paths are relative to")
     cli.add_flag(d, "--train-annotation", default=None, help="train annotation txt (path<TAB>label per line)")
@@ -248,37 +153,56 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                       "0 = VietOCR's training); speeds up learning from random init")
     cli.add_flag(m, "--beam-size", type=int, default=1, help="1 = batched greedy with KV cache")
     cli.add_flag(m, "--max-decode-len", type=int, default=128)
-    cli.add_training_args(p)
-    cli.add_data_args(p)
-    cli.add_output_args(p, "vgg_transformer")
     o = p.add_argument_group("optimizer (VietOCR: AdamW 0.9/0.98, eps 1e-9, OneCycle)")
     cli.add_flag(o, "--lr", type=float, default=3e-4, help="max learning rate (sets --base-lr and --head-lr)")
     cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
-    p.set_defaults(scheduler="onecycle", clip_grad=1.0, weight_decay=0.0, batch_size=32, patience=0, epochs=20)
     i = p.add_argument_group("inference")
     cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="print text per image")
     cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
     cli.add_flag(i, "--quantize", choices=["none", "int8"], default="none",
                  help="int8 dynamic quantization of Linear layers for CPU inference")
-    return p
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, ``--demo`` defaults and the demo data's paths, a resumed run's arguments; ``--lr`` is
+    VietOCR's single learning rate (``--base-lr``/``--head-lr`` follow it unless typed)."""
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    cli.set_default_lrs(parser, argv, args, args.lr, args.lr)   # --lr is VietOCR's single learning rate
+    cli.set_default_lrs(parser, argv, args, args.lr, args.lr)
+    if args.demo:    # the generated lines replace the data paths
+        files = {split: os.path.join(args.demo_dir, f"{split}.txt") for split in ("train", "valid", "test")}
+        args = cli.with_values(args, data_root=args.demo_dir, train_annotation=files["train"],
+                               valid_annotation=files["valid"], test_annotation=files["test"])
     return args
 
 
-def build_data(args, dist: D.DistInfo, vocab: Vocab, warnings: DataWarnings):
+def build_vocab(args) -> Vocab:
+    return Vocab.from_file(args.vocab) if args.vocab else Vocab(VIETOCR_VOCAB)
+
+
+def model_name(args) -> str:
+    return args.model_name or (args.arch if args.model_size == "full" else f"{args.arch}_{args.model_size}")
+
+
+def model_config(args, vocab: Vocab) -> dict:
+    """What ``best_model.pt`` records to rebuild the model for inference."""
+    return {"arch": args.arch, "model_size": args.model_size, "model_name": model_name(args), "vocab": vocab.chars,
+            "image_min_width": args.image_min_width, "image_max_width": args.image_max_width,
+            "ctc_head": args.ctc_weight > 0}
+
+
+def build_task(args, vocab: Vocab) -> OCRTask:
+    return OCRTask(vocab, model_config(args, vocab), args.label_smoothing, args.masked_lm, args.beam_size,
+                   args.max_decode_len, ctc_weight=args.ctc_weight)
+
+
+def build_data(args, run: Run, vocab: Vocab, warnings: DataWarnings) -> dict:
+    """Loaders by split (LMDB caches built first, by rank 0; the demo lines generated under ``--demo``)."""
+    dist = run.dist
     if args.demo:
-        root = args.demo_dir
         if dist.is_main:
-            log.info("demo data: %s", os.path.abspath(root))
-            ensure_demo_ocr(root)
+            log.info("demo data: %s", os.path.abspath(args.demo_dir))
+            ensure_demo_ocr(args.demo_dir)
         D.barrier()
-        files = ensure_demo_ocr(root)
-        args.data_root = root
-        args.train_annotation, args.valid_annotation, args.test_annotation = files["train"], files["valid"], files["test"]
     for flag in ("data_root", "train_annotation", "valid_annotation"):
         if not getattr(args, flag):
             raise DataError(f"--{flag.replace('_', '-')} is required (or use --demo)")
@@ -313,41 +237,3 @@ def _limit(ds: OCRDataset, limit: int, seed: int) -> None:
     keep = sorted(torch.randperm(len(ds), generator=g)[:limit].tolist())
     for attr in ("index", "texts", "widths", "keys"):
         setattr(ds, attr, [getattr(ds, attr)[i] for i in keep])
-
-
-def main(argv: Sequence[str] | None = None,
-         description: str = "Train a VietOCR-compatible text-line recognizer.") -> int:
-    parser = build_parser(description)
-    args = parse_args(parser, argv)
-    if args.predict:
-        return predict_main(args)
-    vocab = Vocab.from_file(args.vocab) if args.vocab else Vocab(VIETOCR_VOCAB)
-    dist = D.init_distributed(args.device)
-    try:
-        device = D.resolve_device(args.device, dist.local_rank)
-        setup_logging(None, dist.is_main)
-        name = args.model_name or (args.arch if args.model_size == "full" else f"{args.arch}_{args.model_size}")
-        model_config = {"arch": args.arch, "model_size": args.model_size, "model_name": name, "vocab": vocab.chars,
-                        "image_min_width": args.image_min_width, "image_max_width": args.image_max_width,
-                        "ctc_head": args.ctc_weight > 0}
-        task = OCRTask(vocab, model_config, args.label_smoothing, args.masked_lm, args.beam_size, args.max_decode_len,
-                       ctc_weight=args.ctc_weight)
-        loaders = build_data(args, dist, vocab, task.warnings)
-        seed_everything(args.seed)
-        model = build_vietocr(args.arch, len(vocab), args.model_size, args.pretrained or bool(args.pretrained_weights),
-                              args.pretrained_weights, grad_checkpointing=args.grad_checkpointing,
-                              ctc_head=model_config["ctc_head"])
-        run_dir = prepare_run_dir(args.results_dir, name, args.resume, dist.is_main)
-        setup_logging(run_dir, dist.is_main)
-        record = dict(vars(args))
-        if dist.is_main and not args.resume:
-            write_config(run_dir, record, {"device": str(device), "world_size": dist.world_size,
-                                           "vocab_size": len(vocab)})
-        log.info("run dir %s | %s (%s params) | device %s x %d", run_dir, name,
-                 f"{sum(p.numel() for p in model.parameters()):,}", device, dist.world_size)
-        cfg = build_train_config(args, betas=(0.9, 0.98), eps=1e-9, pct_start=args.pct_start)
-        fit(model, task, loaders["train"], loaders["valid"], cfg, run_dir, device, dist,
-            test_loader=loaders.get("test"), resume_from=args.resume, args_record=record)
-    finally:
-        D.cleanup_distributed()
-    return 0

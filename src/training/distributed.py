@@ -34,7 +34,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-            raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise DataError(f"{name}: CUDA is not available on this machine (use cpu)", param="device")
     if name == "cuda":
         name = f"cuda:{local_rank}"
     return torch.device(name)

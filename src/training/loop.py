@@ -1,6 +1,6 @@
 """The one training loop every script calls: :func:`fit`.
 
-A *task* object supplies what differs between scripts (see :class:`Task`); the loop owns the rest:
+A *task* plugin supplies what differs between scripts (:class:`src.training.task.Task`); the loop owns the rest:
 AMP, gradient accumulation and clipping, the non-finite-loss guard, parameter groups, schedules,
 early stopping, atomic checkpoints, resume, seeding, DDP, progress and the run directory's files.
 """
@@ -14,7 +14,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -25,37 +25,15 @@ from tqdm import tqdm
 from src.data.loading import DataWarnings
 from src.errors import TrainingError
 from src.training import distributed as D
+from src.training.evaluate import evaluate, to_device
 from src.training.checkpoint import (FORMAT_VERSION, atomic_json_dump, atomic_torch_save, capture_rng_state,
                                      load_checkpoint, restore_rng_state, unwrap_model)
 from src.training.optim import build_scheduler, param_groups
 from src.training.perf import count_params, measure_speed, size_mb
 from src.training.plots import plot_history
+from src.training.task import Task, skipped, usable
 
 log = logging.getLogger("src")
-
-
-class Task(Protocol):
-    """What a script plugs into :func:`fit`.
-
-    ``training_step`` returns ``(loss, n_samples)`` or ``(None, 0)`` for a batch with nothing usable;
-    ``evaluate`` returns metrics without prefix (``{"loss": .., "acc": ..}``), already reduced over
-    ranks; ``example_input(batch_size)`` is a model input for FPS (optionally fed to
-    ``task.speed_module(model)`` instead of the model, when inference is more than one forward);
-    ``model_config`` is what ``best_model.pt`` needs to rebuild the model for inference.
-    Optional: ``epoch_stats()`` (figures added to each epoch's history row), ``summary()`` (added to
-    ``metrics.json``), ``state_dict()``/``load_state_dict()`` (task state kept in ``last.pt``).
-    """
-    name: str
-    monitor: str           # e.g. "valid_acc"
-    mode: str              # "max" or "min"
-    fps_image_size: Any
-    warnings: DataWarnings
-    model_config: dict
-
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor | None, int]: ...
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device, split: str) -> dict[str, float]: ...
-    def example_input(self, batch_size: int, device: torch.device) -> Any: ...
-    def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None: ...
 
 
 @dataclass
@@ -119,12 +97,12 @@ def set_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _autocast(device: torch.device, cfg: TrainConfig):
+def autocast_factory(device: torch.device, amp: bool | None, amp_dtype: str):
     """(context factory, dtype or None, GradScaler or None). AMP defaults to on for CUDA only."""
-    use = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    use = amp if amp is not None else device.type == "cuda"
     if not use:
         return (lambda: nullcontext()), None, None
-    dtype = torch.bfloat16 if (cfg.amp_dtype == "bf16" or device.type != "cuda") else torch.float16
+    dtype = torch.bfloat16 if (amp_dtype == "bf16" or device.type != "cuda") else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), dtype, scaler
 
@@ -162,37 +140,87 @@ class EarlyStopping:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
 
 
-def _move(batch: Any, device: torch.device, non_blocking: bool) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return {k: _move(v, device, non_blocking) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return type(batch)(_move(v, device, non_blocking) for v in batch)
-    return batch
+
+class TrainState:
+    """Everything ``last.pt`` holds, saved and restored by one pair of methods (a resumed run continues
+    exactly where the killed one stopped): the model, optimizer, schedule, AMP scaler, weights EMA,
+    early stopping, the task's own state, history, epoch, training time, RNG states and data warnings."""
+
+    def __init__(self, model: nn.Module, task: Task, optimizer, scheduler, scaler, ema, stopper: EarlyStopping) -> None:
+        self.model, self.task, self.optimizer, self.scheduler = model, task, optimizer, scheduler
+        self.scaler, self.ema, self.stopper = scaler, ema, stopper
+        self.history: dict[str, list] = {}
+        self.epoch, self.train_time = 0, 0.0
+
+    def _parts(self) -> dict[str, Any]:
+        """The stateful objects by their ``last.pt`` key (None where the run has none)."""
+        return {"model": unwrap_model(self.model), "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler, "early_stopping": self.stopper,
+                "ema": self.ema.module if self.ema is not None else None, "task_state": self.task}
+
+    def save(self, path: str, args_record: dict | None) -> None:
+        parts = {k: (obj.state_dict() if obj is not None else None) for k, obj in self._parts().items()}
+        atomic_torch_save({"format_version": FORMAT_VERSION, **parts, "epoch": self.epoch, "history": self.history,
+                           "train_time_s": self.train_time, "rng": capture_rng_state(),
+                           "data_warnings": self.task.warnings.state(), "args": args_record or {},
+                           "model_config": self.task.model_config, "task": self.task.name}, path)
+
+    def load(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        for key, obj in self._parts().items():
+            if obj is not None and ckpt.get(key) is not None:
+                obj.load_state_dict(ckpt[key])
+        self.history, self.epoch, self.train_time = ckpt["history"], ckpt["epoch"], ckpt.get("train_time_s", 0.0)
+        self.task.warnings.load_state(ckpt.get("data_warnings", {}))
+        restore_rng_state(ckpt["rng"])
 
 
 def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: DataLoader, cfg: TrainConfig,
         run_dir: str, device: torch.device, dist: D.DistInfo = D.DistInfo(),
-        test_loader: DataLoader | None = None, resume_from: str | None = None,
-        args_record: dict | None = None, extra_test_loaders: dict[str, DataLoader] | None = None) -> dict[str, Any]:
+        test_loaders: Mapping[str, DataLoader] | None = None, resume_from: str | None = None,
+        args_record: dict | None = None) -> dict[str, Any]:
     """Train ``model`` on ``task`` and write the run directory. Returns ``metrics.json``'s content.
 
-    ``run_dir`` must exist (see :func:`src.training.run_dir.create_run_dir`); only rank 0 writes.
-    ``resume_from`` is a ``last.pt`` to continue from (same run dir). ``extra_test_loaders`` are
-    more held-out splits evaluated once at the end, reported as ``<name>_<metric>``.
+    ``run_dir`` must exist (:func:`src.training.run.start_run` makes it); only rank 0 writes.
+    ``resume_from`` is a ``last.pt`` to continue from (same run dir). ``test_loaders`` are held-out
+    splits evaluated once at the end with the best weights, reported as ``<name>_<metric>``.
     """
     set_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    state = _new_state(model, task, len(train_loader), cfg, device)
+    if resume_from:
+        state.load(resume_from)
+        log.info("resumed from %s at epoch %d (best %s = %s at epoch %d)", resume_from, state.epoch,
+                 task.monitor, state.stopper.best, state.stopper.best_epoch)
+    train_model: nn.Module = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    eval_model = state.ema.module if state.ema is not None else (torch.compile(model) if cfg.compile else model)
+    autocast = autocast_factory(device, cfg.amp, cfg.amp_dtype)[0]
+    stopped_early = state.stopper.should_stop
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if stopped_early:
+            break
+        stopped_early = _fit_epoch(state, epoch, train_model, eval_model, train_loader, valid_loader, cfg, run_dir,
+                                   device, dist, autocast, args_record)
+    D.barrier()
+    return _finish(model, task, valid_loader, dict(test_loaders or {}), cfg, run_dir, device, dist, state,
+                   stopped_early)
+
+
+def _new_state(model: nn.Module, task: Task, batches: int, cfg: TrainConfig, device: torch.device) -> TrainState:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay),
                                   betas=cfg.betas, eps=cfg.eps)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
+    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,
                                 cfg.scheduler_tmax, cfg.warmup_epochs, cfg.pct_start)
-    autocast, amp_dtype, scaler = _autocast(device, cfg)
+    scaler = autocast_factory(device, cfg.amp, cfg.amp_dtype)[2]
     # an exponential moving average of the weights (timm's ModelEmaV3, with warm-up so short runs
     # average only recent steps) is what gets evaluated and saved: detectors trained from scratch
     # swing from epoch to epoch, their average does not (YOLOv5/v8 evaluate an EMA too)
@@ -200,97 +228,52 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
     if cfg.ema_decay:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)
-    stopper = EarlyStopping(cfg.patience, task.mode)
-    history: dict[str, list] = {}
-    start_epoch, train_time = 0, 0.0
+    return TrainState(model, task, optimizer, scheduler, scaler, ema, EarlyStopping(cfg.patience, task.mode))
 
-    if resume_from:
-        ckpt = load_checkpoint(resume_from)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        stopper.load_state_dict(ckpt["early_stopping"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        history, start_epoch, train_time = ckpt["history"], ckpt["epoch"], ckpt.get("train_time_s", 0.0)
-        task.warnings.load_state(ckpt.get("data_warnings", {}))
-        if ckpt.get("task_state") is not None and hasattr(task, "load_state_dict"):
-            task.load_state_dict(ckpt["task_state"])   # e.g. a loss's running statistics
-        restore_rng_state(ckpt["rng"])
-        log.info("resumed from %s at epoch %d (best %s = %s at epoch %d)", resume_from, start_epoch,
-                 task.monitor, stopper.best, stopper.best_epoch)
 
-    train_model: nn.Module = model
-    if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    eval_model = ema.module if ema is not None else (torch.compile(model) if cfg.compile else model)
-
-    stopped_early = stopper.should_stop
-    epoch = start_epoch
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if stopped_early:
-            break
-        # every epoch starts from RNG states that depend only on (seed, epoch, rank): a resumed run
-        # shuffles, augments and drops out exactly like an uninterrupted one
-        seed_everything(cfg.seed + 1000 * epoch + dist.rank)
-        # a batch_sampler (OCR buckets, refdet episodes) is where the epoch matters when there is one:
-        # the loader's .sampler is then a plain SequentialSampler and every epoch would replay epoch 0
-        for sampler in (train_loader.sampler, train_loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        stats = _train_one_epoch(train_model, task, train_loader, optimizer, scheduler, scaler, autocast,
-                                 cfg, device, dist, epoch, ema, model)
-        with autocast():
-            valid = task.evaluate(eval_model, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid")
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        row = {"train_loss": stats["loss"], **{f"valid_{k}": v for k, v in valid.items()},
-               "lr": max(g["lr"] for g in optimizer.param_groups), "epoch_time_s": epoch_time,
-               "data_time_s": stats["data_time"], "samples_per_s": stats["samples_per_s"],
-               "bad_steps": stats["bad_steps"]}
-        if hasattr(task, "epoch_stats"):   # task-specific per-epoch figures (e.g. cache hit rates)
-            row.update(task.epoch_stats())
-        for k, v in row.items():
-            history.setdefault(k, []).append(v)
-        value = row.get(task.monitor, float("nan"))
-        is_best = stopper.update(value, epoch)
-        stopped_early = stopper.should_stop
-        if dist.is_main:
-            if is_best:
-                atomic_torch_save(_best_payload(eval_model if ema is not None else model, task, epoch, value,
-                                                args_record),
-                                  os.path.join(run_dir, "best_model.pt"))
-            atomic_torch_save({
-                "format_version": FORMAT_VERSION, "model": unwrap_model(model).state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-                "early_stopping": stopper.state_dict(), "history": history, "train_time_s": train_time,
-                "rng": capture_rng_state(), "data_warnings": task.warnings.state(),
-                "task_state": task.state_dict() if hasattr(task, "state_dict") else None,
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "args": args_record or {}, "model_config": task.model_config, "task": task.name,
-            }, os.path.join(run_dir, "last.pt"))
-            atomic_json_dump(history, os.path.join(run_dir, "history.json"))
-        metrics_txt = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_"))
-        log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
-                 epoch, cfg.epochs, stats["loss"], metrics_txt, row["lr"], epoch_time, stats["data_time"],
-                 stats["samples_per_s"], f" bad_steps={stats['bad_steps']}" if stats["bad_steps"] else "",
-                 " *best*" if is_best else "")
-        if stopped_early:
-            log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
-                     task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
-    epochs_run = len(history.get("train_loss", []))
-    D.barrier()
-    tests = {"test": test_loader} if test_loader is not None else {}
-    tests.update(extra_test_loaders or {})
-    return _finish(model, task, valid_loader, tests, cfg, run_dir, device, dist, stopper, history,
-                   epochs_run, stopped_early, train_time, autocast, amp_dtype)
+def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loader, valid_loader, cfg, run_dir,
+               device, dist, autocast, args_record) -> bool:
+    """Train and validate one epoch, record it, write the checkpoints; True when early stopping says stop."""
+    task, stopper = state.task, state.stopper
+    # every epoch starts from RNG states that depend only on (seed, epoch, rank): a resumed run
+    # shuffles, augments and drops out exactly like an uninterrupted one
+    seed_everything(cfg.seed + 1000 * epoch + dist.rank)
+    # a batch_sampler (OCR buckets, refdet episodes) is where the epoch matters when there is one:
+    # the loader's .sampler is then a plain SequentialSampler and every epoch would replay epoch 0
+    for sampler in (train_loader.sampler, train_loader.batch_sampler):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+    t0 = time.perf_counter()
+    stats = _train_one_epoch(train_model, task, train_loader, state, autocast, cfg, device, dist, epoch)
+    valid = evaluate(eval_model, task, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid", autocast)
+    epoch_time = time.perf_counter() - t0
+    state.train_time += epoch_time
+    row = {"train_loss": stats["loss"], **{f"valid_{k}": v for k, v in valid.items()},
+           "lr": max(g["lr"] for g in state.optimizer.param_groups), "epoch_time_s": epoch_time,
+           "data_time_s": stats["data_time"], "samples_per_s": stats["samples_per_s"], "bad_steps": stats["bad_steps"]}
+    row.update(task.epoch_stats())
+    if task.monitor not in row:
+        raise TrainingError(f"the monitored metric {task.monitor!r} is not among this task's epoch figures "
+                            f"({', '.join(k for k in row if k.startswith(('valid_', 'train_')))})")
+    for k, v in row.items():
+        state.history.setdefault(k, []).append(v)
+    state.epoch = epoch
+    is_best = stopper.update(row[task.monitor], epoch)
+    if dist.is_main:
+        if is_best:
+            atomic_torch_save(_best_payload(eval_model if state.ema is not None else state.model, task, epoch,
+                                            row[task.monitor], args_record), os.path.join(run_dir, "best_model.pt"))
+        state.save(os.path.join(run_dir, "last.pt"), args_record)
+        atomic_json_dump(state.history, os.path.join(run_dir, "history.json"))
+    metrics_txt = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_"))
+    log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
+             epoch, cfg.epochs, stats["loss"], metrics_txt, row["lr"], epoch_time, stats["data_time"],
+             stats["samples_per_s"], f" bad_steps={stats['bad_steps']}" if stats["bad_steps"] else "",
+             " *best*" if is_best else "")
+    if stopper.should_stop:
+        log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
+                 task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
+    return stopper.should_stop
 
 
 def _best_payload(model, task, epoch, value, args_record) -> dict:
@@ -299,9 +282,9 @@ def _best_payload(model, task, epoch, value, args_record) -> dict:
             "args": args_record or {}}
 
 
-def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast, cfg, device, dist, epoch,
-                     ema=None, raw_model=None):
+def _train_one_epoch(model, task: Task, loader, state: TrainState, autocast, cfg, device, dist, epoch):
     model.train()
+    optimizer, scheduler, scaler = state.optimizer, state.scheduler, state.scaler
     loss_sum, n_sum, bad_steps, bad_in_row, data_time = 0.0, 0, 0, 0, 0.0
     non_blocking = device.type == "cuda"
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", disable=None if dist.is_main else True,
@@ -311,12 +294,14 @@ def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast
     micro, accumulated = 0, False
     for i, batch in enumerate(loader):
         data_time += time.perf_counter() - t_fetch
-        batch = _move(batch, device, non_blocking)
+        task.warnings.add_many(skipped(batch))
         last_micro = (micro + 1 == cfg.grad_accum) or (i + 1 == len(loader))
         sync_ctx = model.no_sync() if (dist.enabled and not last_micro and hasattr(model, "no_sync")) else nullcontext()
         with sync_ctx:
-            with autocast():
-                loss, n = task.training_step(model, batch, device)
+            loss, n = None, 0
+            if usable(batch):     # a batch whose samples were all unreadable has nothing to learn from
+                with autocast():
+                    loss, n = task.training_step(model, to_device(batch, device, non_blocking))
             # the isfinite check is a host-device sync, the price of the guard; all ranks must agree
             # on skipping, or DDP's all-reduce in backward would wait forever
             skip = D.any_rank(loss is None or not bool(torch.isfinite(loss.detach())), device)
@@ -332,25 +317,17 @@ def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast
                 log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, i + 1)
                 if bad_in_row >= cfg.max_bad_steps:
                     bar.close()
-                    raise TrainingError(f"{bad_in_row} non-finite losses in a row (--max-bad-steps "
-                                        f"{cfg.max_bad_steps}); stopped. Try a lower --head-lr/--base-lr, "
-                                        f"--clip-grad 1.0 or --no-amp. The last good checkpoint is kept.")
+                    raise TrainingError(f"{bad_in_row} non-finite losses in a row (max_bad_steps "
+                                        f"{cfg.max_bad_steps}); stopped. Try a lower learning rate, "
+                                        f"gradient clipping or no AMP. The last good checkpoint is kept.")
         micro += 1
         if last_micro:
             if accumulated:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            if ema is not None:    # the scheduler's step count restarts with it on --resume
-                ema.update(raw_model, step=scheduler.last_epoch)
+            if state.ema is not None:    # the scheduler's step count restarts with it on --resume
+                state.ema.update(state.model, step=scheduler.last_epoch)
             micro, accumulated = 0, False
         bar.update(1)
         if bar.n % 5 == 0 or bar.n == len(loader):
@@ -363,6 +340,18 @@ def _train_one_epoch(model, task, loader, optimizer, scheduler, scaler, autocast
     loss_total, n_total, bad_total = D.all_reduce_sum([loss_sum, float(n_sum), float(bad_steps)], device)
     return {"loss": loss_total / n_total if n_total else float("nan"), "samples": int(n_total),
             "samples_per_s": n_total / max(elapsed, 1e-9), "data_time": data_time, "bad_steps": int(bad_total)}
+
+
+def _optimizer_step(model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 class _Limited:
@@ -386,37 +375,36 @@ def limit_batches(loader, limit: float | int | None):
     return loader if n >= len(loader) else _Limited(loader, n)
 
 
-def _finish(model, task, valid_loader, test_loaders, cfg, run_dir, device, dist, stopper, history, epochs_run,
-            stopped_early, train_time, autocast, amp_dtype) -> dict[str, Any]:
+def _finish(model, task: Task, valid_loader, test_loaders: dict, cfg, run_dir, device, dist, state: TrainState,
+            stopped_early: bool) -> dict[str, Any]:
     """Reload the best weights, re-evaluate, measure, write ``metrics.json`` and the plots."""
     best_path = os.path.join(run_dir, "best_model.pt")
     if os.path.isfile(best_path):
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    with autocast():
-        final = {f"valid_{k}": v for k, v in task.evaluate(model, valid_loader, device, "valid").items()}
-        for name, loader in test_loaders.items():
-            final.update({f"{name}_{k}": v for k, v in task.evaluate(model, loader, device, name).items()})
+    autocast, amp_dtype, _ = autocast_factory(device, cfg.amp, cfg.amp_dtype)
+    final = {}
+    for name, loader in {"valid": valid_loader, **test_loaders}.items():
+        final.update({f"{name}_{k}": v for k, v in evaluate(model, task, loader, device, name, autocast).items()})
     merged = DataWarnings()
-    for state in D.all_gather_objects(task.warnings.state()):
-        merged.load_state(state)
+    for warnings in D.all_gather_objects(task.warnings.state()):
+        merged.load_state(warnings)
     if not dist.is_main:
         return {}
     total, trainable = count_params(model)
     # a task may time more than the bare forward (OCR: encode + autoregressive decoding)
-    speed_model = task.speed_module(model) if hasattr(task, "speed_module") else model
-    speed = measure_speed(speed_model, lambda b: task.example_input(b, device), device, amp_dtype,
+    speed = measure_speed(task.speed_module(model), lambda b: task.example_input(b, device), device, amp_dtype,
                           cfg.fps_batch_size, cfg.fps_min_time_s)
+    stopper = state.stopper
     metrics = {"model_name": task.model_config.get("model_name", task.name), "task": task.name,
                "num_params": total, "trainable_params": trainable, "size_mb": round(size_mb(model), 4),
                **{k: speed[k] for k in ("fps", "fps_batch_size")}, "fps_image_size": task.fps_image_size,
                "fps_device": speed["fps_device"], "fps_dtype": speed["fps_dtype"], "latency_ms": speed["latency_ms"],
-               "best_epoch": stopper.best_epoch, "epochs_run": epochs_run, "stopped_early": stopped_early,
-               "train_time_s": train_time,
+               "best_epoch": stopper.best_epoch, "epochs_run": len(state.history.get("train_loss", [])),
+               "stopped_early": stopped_early, "train_time_s": state.train_time,
                **{k: v for k, v in final.items() if not k.endswith("_loss")},
-               **(task.summary() if hasattr(task, "summary") else {}),
-               "data_warnings": merged.counts(), "ckpt_path": "best_model.pt"}
+               **task.summary(), "data_warnings": merged.counts(), "ckpt_path": "best_model.pt"}
     atomic_json_dump(metrics, os.path.join(run_dir, "metrics.json"))
-    plot_history(history, os.path.join(run_dir, "training_plot.png"), task.monitor, show=cfg.show_plot)
+    plot_history(state.history, os.path.join(run_dir, "training_plot.png"), task.monitor, show=cfg.show_plot)
     task.final_artifacts(model, run_dir, device)
     shown = {k: v for k, v in metrics.items() if k.startswith(("valid_", "test_"))}
     log.info("finished: best %s at epoch %d; %s; %.1f FPS (batch %d, %s, %s); %.1f ms latency; %s params; "

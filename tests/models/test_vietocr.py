@@ -253,9 +253,11 @@ def test_pretrained_offline_raises_clear_error(monkeypatch, tmp_path):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(RuntimeError, match="--pretrained-weights PATH") as info:
+    with pytest.raises(RuntimeError, match="elsewhere and pass the local file") as info:
         build_vietocr("vgg_transformer", VIETOCR_VOCAB_SIZE, pretrained=True)
+    # the model names its parameter; the command line turns it into --pretrained-weights
     assert isinstance(info.value, DataError) and "\n" not in str(info.value)
+    assert info.value.param == "pretrained_weights"
 
 
 def test_local_pretrained_weights_load(tmp_path):

@@ -113,8 +113,9 @@ def test_bad_lines_are_counted_and_a_tiny_validation_set_gives_finite_metrics(oc
                       tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     # the skipped images are logged first; the run then stops with one error line
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: {train}:21: label has characters outside the "
-                                                    "vocabulary '€' (use --unknown-char skip or --vocab FILE)")
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: --unknown-char: {train}:21: label has characters "
+                                                    "outside the vocabulary '€' (skip such labels, or give a "
+                                                    "vocabulary that has them)")
 
 
 def test_annotation_without_tab_is_one_error_line(ocr_data, tmp_path):

@@ -8,24 +8,35 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from src.data.loading import DataWarnings, make_loader
 from src.errors import TrainingError
+from src.metrics.meter import SumMeter
+from src.training.evaluate import evaluate
 from src.training.loop import EarlyStopping, TrainConfig, fit
 from src.training.optim import build_scheduler
+from src.training.task import Task
 
 
-class TinyTask:
+class TinyMeter(SumMeter):
+    def __init__(self, scripted):
+        super().__init__()
+        self.scripted = scripted
+
+    def compute(self):
+        return {"loss": self.scripted if self.scripted is not None else self.loss()}
+
+
+class TinyTask(Task):
+    """Regression of x.sum() from x; ``values`` scripts the validation losses epoch by epoch."""
     name = "toy"
     monitor = "valid_loss"
     mode = "min"
-    fps_image_size = 4
 
     def __init__(self, nan_from_step=None, values=None):
-        self.warnings = DataWarnings()
-        self.model_config = {"model_name": "toy"}
+        super().__init__({"model_name": "toy"}, 4)
         self.steps = 0
         self.nan_from_step = nan_from_step
         self.values = values  # scripted validation losses per epoch
 
-    def training_step(self, model, batch, device):
+    def training_step(self, model, batch):
         x, y = batch
         self.steps += 1
         loss = nn.functional.mse_loss(model(x).squeeze(1), y)
@@ -33,19 +44,18 @@ class TinyTask:
             loss = loss * float("nan")
         return loss, len(y)
 
-    def evaluate(self, model, loader, device, split):
-        with torch.no_grad():
-            losses = [nn.functional.mse_loss(model(x).squeeze(1), y, reduction="sum") for x, y in loader]
-        real = float(sum(losses) / len(loader.dataset))
+    def new_meter(self, split):
+        scripted = None
         if self.values:
-            return {"loss": self.values.pop(0) if len(self.values) > 1 else self.values[0]}
-        return {"loss": real}
+            scripted = self.values.pop(0) if len(self.values) > 1 else self.values[0]
+        return TinyMeter(scripted)
+
+    def validation_step(self, model, batch, meter, split):
+        x, y = batch
+        meter.add_loss(float(nn.functional.mse_loss(model(x).squeeze(1), y)), len(y))
 
     def example_input(self, batch_size, device):
         return torch.randn(batch_size, 4, device=device)
-
-    def final_artifacts(self, model, run_dir, device):
-        pass
 
 
 def _data(n=32):
@@ -161,8 +171,9 @@ def test_ema_weights_are_evaluated_saved_and_resumed(tmp_path):
         assert torch.equal(best["model"]["weight"], last["ema"]["weight"])
     # what was scored is what was saved: best_model.pt's weights give the history's best value
     assert history["valid_loss"][metrics["best_epoch"] - 1] == pytest.approx(
-        TinyTask().evaluate(_linear(best["model"]), make_loader(_data(16), batch_size=8, train=False, seed=0,
-                                                                 collate_fn=None), None, "valid")["loss"], rel=1e-6)
+        evaluate(_linear(best["model"]), TinyTask(), make_loader(_data(16), batch_size=8, train=False, seed=0,
+                                                                  collate_fn=None), torch.device("cpu"), "valid")["loss"],
+        rel=1e-6)
 
 
 def _linear(state):

@@ -1,0 +1,103 @@
+"""``train_vietocr.py``'s inference: a ``best_model.pt`` (or its int8-quantized copy) turned into text,
+batched by line width, greedy with a KV cache or beam search; ``--predict``."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from src.data.images import BadImage, load_rgb
+from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, Vocab, WidthBucketBatchSampler, line_tensor, resized_width
+from src.errors import DataError
+from src.models.vietocr import build_vietocr, decode_batch
+from src.training.checkpoint import load_checkpoint
+from src.training.run import start_run
+
+TASK_NAME = "ocr"
+
+
+class Recognizer(nn.Module):
+    """Images (N, 3, 32, W) -> decoded token ids (N, L): what a user runs, timed for FPS."""
+
+    def __init__(self, model: nn.Module, beam_size: int, max_len: int) -> None:
+        super().__init__()
+        self.model, self.beam_size, self.max_len = model, beam_size, max_len
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return decode_batch(self.model, images, SOS, EOS, PAD, self.beam_size, self.max_len)[0]
+
+
+def load_for_inference(weights: str, device: torch.device, quantize: str = "none"):
+    """(model in eval mode, vocab, model_config) from a ``best_model.pt`` of this script."""
+    ckpt = load_checkpoint(weights)
+    cfg = ckpt.get("model_config") or {}
+    if ckpt.get("task") != TASK_NAME or "arch" not in cfg:
+        raise DataError(f"{weights}: not an OCR checkpoint of this project")
+    vocab = Vocab(cfg["vocab"])
+    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False))
+    model.load_state_dict(ckpt["model"])
+    model = model.to(device).eval()
+    if quantize == "int8":
+        model = quantize_int8(model)
+    return model, vocab, cfg
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations quantized on
+    the fly): a CPU inference speed-up for the transformer; the CNN stays fp32."""
+    return torch.ao.quantization.quantize_dynamic(model.cpu(), {nn.Linear}, dtype=torch.qint8)
+
+
+@torch.no_grad()
+def decode_images(model: nn.Module, images: Sequence[Image.Image], device: torch.device, batch_size: int = 32,
+                  beam_size: int = 1, max_len: int = 128, min_width: int = 32,
+                  max_width: int = 512) -> list[tuple[list[int], float]]:
+    """Decoded token ids (as :func:`decode_batch` returns them) and confidence for each PIL image, in
+    input order.
+
+    Images are resized with VietOCR's rule and grouped by resized width, so each batch needs no
+    padding and the decoder runs on full batches.
+    """
+    widths = [resized_width(im.width, im.height, IMAGE_HEIGHT, min_width, max_width) for im in images]
+    out: list[tuple[list[int], float] | None] = [None] * len(images)
+    for idx in WidthBucketBatchSampler(widths, batch_size, shuffle=False):
+        x = torch.stack([line_tensor(images[i], widths[i]) for i in idx]).to(device).float().div_(255)
+        ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
+        for i, row, c in zip(idx, ids.tolist(), conf.tolist()):
+            out[i] = (row, float(c))
+    return out  # type: ignore[return-value]
+
+
+def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], device: torch.device,
+              batch_size: int = 32, beam_size: int = 1, max_len: int = 128, min_width: int = 32,
+              max_width: int = 512) -> list[tuple[str, float]]:
+    """Text and confidence for each PIL image, in input order (batched by width: :func:`decode_images`)."""
+    return [(vocab.decode(row), conf) for row, conf in
+            decode_images(model, images, device, batch_size, beam_size, max_len, min_width, max_width)]
+
+
+def predict_main(args) -> int:
+    if not args.weights:
+        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
+    with start_run("cpu" if args.quantize == "int8" else args.device) as run:
+        return _predict(args, run.device)
+
+
+def _predict(args, device: torch.device) -> int:
+    model, vocab, cfg = load_for_inference(args.weights, device, args.quantize)
+    images, paths, failed = [], [], 0
+    for path in args.predict:
+        try:
+            images.append(load_rgb(path))
+            paths.append(path)
+        except BadImage as exc:
+            print(f"{path}\terror: {exc.reason}", file=sys.stderr)
+            failed += 1
+    results = recognize(model, vocab, images, device, args.batch_size, args.beam_size, args.max_decode_len,
+                        cfg.get("image_min_width", 32), cfg.get("image_max_width", 512))
+    for path, (text, conf) in zip(paths, results):
+        print(f"{path}\t{text}\t{conf:.4f}")
+    return 1 if failed else 0

@@ -1,0 +1,58 @@
+"""One run set-up for every script and every mode: :func:`start_run` joins the process group (under
+torchrun), picks the device and sets up logging; :meth:`Run.open_dir` makes (or, on resume, reopens)
+the run directory, logs into its ``train.log`` and records ``config.json``; leaving the ``with`` block
+tears the process group down, whatever happened inside."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from src.training import distributed as D
+from src.training.run_dir import prepare_run_dir, setup_logging, write_config
+
+log = logging.getLogger("src")
+
+
+@dataclass
+class Run:
+    """A started run: its ranks (``dist``), its ``device`` and, once opened, its directory ``dir``."""
+
+    dist: D.DistInfo
+    device: torch.device
+    dir: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def barrier(self) -> None:
+        D.barrier()
+
+    def open_dir(self, results_dir: str, name: str, resume: str | None, record: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> str:
+        """The run directory: a new ``results_dir/<name>_<date>`` (rank 0 makes it, every rank learns
+        its path), or the one holding the ``last.pt`` being resumed. A new run records ``record``
+        (every resolved argument) and ``extra`` in ``config.json``; logging goes to its ``train.log``."""
+        self.dir = prepare_run_dir(results_dir, name, resume, self.dist.is_main)
+        setup_logging(self.dir, self.dist.is_main)
+        if self.dist.is_main and not resume:
+            write_config(self.dir, record, {"device": str(self.device), "world_size": self.dist.world_size,
+                                            **(extra or {})})
+        return self.dir
+
+
+@contextmanager
+def start_run(device: str) -> Iterator[Run]:
+    """Distributed init (from torchrun's environment; a no-op in one process), device resolution
+    (``auto``, ``cpu``, ``cuda``, ``cuda:N``; each rank takes its local GPU) and logging to stderr."""
+    dist = D.init_distributed(device)
+    try:
+        run = Run(dist, D.resolve_device(device, dist.local_rank))
+        setup_logging(None, dist.is_main)
+        yield run
+    finally:
+        D.cleanup_distributed()
