@@ -6,10 +6,51 @@
 
 Data: the Flickr30k Entities layout. Recipes: docs/train_ovd.md.
 """
+import argparse
+import logging
 import sys
+from typing import Sequence
 
-from src.cli import run_main
-from src.tasks.ovd import main
+from src import cli
+from src.tasks import ovd
+from src.tasks.ovd_inference import predict_main
+from src.training.loop import build_train_config, fit, seed_everything
+from src.training.run import start_run
+
+log = logging.getLogger("src")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ovd.add_args(parser)                 # data (Flickr30k Entities), model, optimizer, inference
+    cli.add_training_args(parser)
+    cli.add_data_args(parser)
+    cli.add_output_args(parser, "ovd_swin_tiny")
+    parser.set_defaults(**ovd.SCRIPT_DEFAULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = ovd.parse_args(build_parser(), argv)
+    if args.predict:
+        return predict_main(args)
+    with start_run(args.device) as run:
+        task = ovd.build_task(args)
+        loaders = ovd.build_data(args, run, task.warnings)
+        seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
+        model = ovd.build_model(args)
+        name = task.model_config["model_name"]
+        run.open_dir(args.results_dir, name, args.resume, vars(args))
+        enc = model.image_encoder
+        log.info("run dir %s | %s (%s params; image tokens %d x %d from stride %d) | device %s x %d", run.dir, name,
+                 f"{sum(p.numel() for p in model.parameters()):,}", (args.image_size // enc.reduction) ** 2,
+                 enc.channels, enc.reduction, run.device, run.dist.world_size)
+        cfg = build_train_config(args, pct_start=args.pct_start, limit_val_batches=args.limit_val_batches)
+        fit(model, task, loaders.pop("train"), loaders.pop("valid"), cfg, run.dir, run.device, run.dist,
+            test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(run_main(lambda argv: main(argv, __doc__.splitlines()[0])))
+    sys.exit(cli.run_main(main))

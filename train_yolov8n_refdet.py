@@ -6,10 +6,61 @@
 
 Data: the Zalo AI 2025 AeroEyes layout; scored with ST-IoU. Recipes: docs/train_yolov8n_refdet.md.
 """
+import argparse
+import logging
 import sys
+from typing import Sequence
 
-from src.cli import run_main
-from src.tasks.refdet import main
+from src import cli
+from src.tasks import refdet
+from src.tasks.refdet_inference import predict_main
+from src.tasks.refdet_profile import profile
+from src.training.loop import autocast_factory, build_train_config, fit, seed_everything
+from src.training.run import start_run
+
+log = logging.getLogger("src")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    refdet.add_args(parser)              # data (AeroEyes), model, loss, optimizer, inference, profiling
+    cli.add_training_args(parser)
+    cli.add_data_args(parser)
+    cli.add_output_args(parser, "yolov8n_refdet")
+    parser.set_defaults(**refdet.SCRIPT_DEFAULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = refdet.parse_args(parser, argv)
+    if args.predict:
+        return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
+    with start_run(args.device) as run:
+        if args.frame_cache_size is not None:
+            log.info("--frame-cache-size: frames are read from the on-disk JPEG cache; the flag is accepted and unused")
+        task = refdet.build_task(args)
+        data = refdet.build_data(args, run, task.warnings)
+        task.truth = data.pop("truth")
+        seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
+        model = refdet.build_model(args)
+        task.cache = model.support_cache
+        task.model_config["param_breakdown"] = breakdown = model.param_breakdown()
+        log.info("parameters: %s (total %s; trainable %s)", ", ".join(f"{k} {v:,}" for k, v in breakdown.items()),
+                 f"{sum(breakdown.values()):,}", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+        if args.profile:
+            profile(model, task.criterion, data["train"], run.device, args.profile,
+                    autocast_factory(run.device, args.amp, args.amp_dtype)[0])
+            return 0
+        run.open_dir(args.results_dir, task.model_config["model_name"], args.resume, vars(args))
+        log.info("run dir %s | %s | device %s x %d | episodes of %d videos x (%d + %d frames), %d per epoch", run.dir,
+                 task.model_config["model_name"], run.device, run.dist.world_size, args.n_way, args.n_query,
+                 args.n_background, args.n_episodes)
+        fit(model, task, data.pop("train"), data.pop("valid"), build_train_config(args), run.dir, run.device, run.dist,
+            test_loaders=data, resume_from=args.resume, args_record=vars(args))
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit(run_main(lambda argv: main(argv, __doc__.splitlines()[0])))
+    sys.exit(cli.run_main(main))

@@ -345,7 +345,8 @@ class VideoClips(IterableDataset):
     (height, width); ``support`` (3, 3, s, s) plain view on the video's first chunk, else None;
     ``first``, ``last``; ``num_frames_total`` (frames in the video, all decoded ones, on the last chunk,
     else None) and ``truncated`` (the decoder error that ended the video early, or None). An unreadable
-    video, or one whose reference photos fail, yields one ``{"video_id", "bad": reason}``.
+    video, or one whose reference photos fail, yields one ``{"bad": [(video_id, reason)]}`` (a batch
+    with no usable sample, as the engine counts them).
     """
 
     def __init__(self, records: list[VideoRecord], image_size: int, support_size: int, chunk: int = 16,
@@ -371,7 +372,7 @@ class VideoClips(IterableDataset):
         try:
             support: torch.Tensor | None = load_support(record, self.support_size)
         except BadImage as exc:
-            yield {"video_id": record.video_id, "bad": exc.reason}
+            yield {"bad": [(record.video_id, exc.reason)]}
             return
         reader = VideoReader(record.video_path)
         pending, frames, images, scale = None, [], [], 1.0
@@ -387,7 +388,7 @@ class VideoClips(IterableDataset):
                     pending = self._chunk(record, frames, images, scale, (reader.height, reader.width), support)
                     frames, images, support = [], [], None
         except BadVideo as exc:
-            yield {"video_id": record.video_id, "bad": exc.reason}
+            yield {"bad": [(record.video_id, exc.reason)]}
             return
         if frames:
             if pending is not None:

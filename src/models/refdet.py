@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchvision.ops import nms
+
+from src.losses.refdet import decode_boxes
 from src.models.layers.yolo import ConvBNSiLU, YOLOv8Backbone, YOLOv8PAN
 from src.models.timm_features import create_timm_model
 
@@ -437,3 +440,47 @@ def build_refdet_model(dino_model: str = "vit_small_patch16_dinov3", support_siz
     if support_cache_mb > 0:
         model.support_cache = SupportCache(support_cache_mb)
     return model
+
+
+# ----------------------------------------------------------------------------- post-processing
+
+@torch.no_grad()
+def postprocess(out: dict, max_det: int = 10, min_score: float = 0.01, iou: float = 0.5):
+    """Per frame: (boxes (n, 4) xyxy input pixels, scores (n,)) after NMS, best first."""
+    scores = out["logits"].float().sigmoid()                         # B, A
+    boxes = decode_boxes(out)                                        # B, A, 4
+    results = []
+    for s, b in zip(scores, boxes):
+        top = s.topk(min(100, s.numel()))
+        keep = top.values >= min_score
+        cand_s, cand_b = top.values[keep], b[top.indices[keep]]
+        kept = nms(cand_b, cand_s, iou)[:max_det]
+        results.append((cand_b[kept], cand_s[kept]))
+    return results
+
+
+def to_original(boxes: torch.Tensor, scale: float, orig_size) -> torch.Tensor:
+    """Letterboxed-input boxes -> the video's pixels, clipped to the frame (``orig_size`` = (H, W))."""
+    h, w = orig_size
+    out = boxes.float() / scale
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
+
+
+class FrameDetector(nn.Module):
+    """Per-frame detection with one video's support computed once (how a video is processed): frames
+    (B, 3, S, S) -> head outputs. Without a support it encodes random references once, which is what
+    the FPS figure times (the support encoder's one-off cost is not per frame)."""
+
+    def __init__(self, model: nn.Module, support_size: int) -> None:
+        super().__init__()
+        self.model, self.support_size = model, support_size
+        self._support = None
+
+    def forward(self, images: torch.Tensor) -> dict:
+        if self._support is None:
+            support = torch.randn(1, 3, 3, self.support_size, self.support_size, device=images.device)
+            self._support = self.model.encode_support(support)
+        zeros = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        return self.model.detect(images, self._support, zeros)
