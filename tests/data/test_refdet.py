@@ -269,7 +269,7 @@ def test_video_clips(demo, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(os.urandom(3000))
     bad = VideoRecord("broken", str(broken), records[0].reference_paths)
-    assert _chunks([bad]) == [{"video_id": "broken", "bad": "unreadable_video"}]
+    assert _chunks([bad]) == [{"bad": [("broken", "unreadable_video")]}]   # a batch with no usable sample
 
 
 def test_video_truth(demo):

@@ -155,9 +155,11 @@ def test_torchrun_two_ranks_reduces_metrics(demo_workdir, tmp_path):
     root = demo_workdir / "data/demo/classification"
     data = build_classification_data(str(root / "metadata.csv"), str(root / "label2id.json"), 64, 42,
                                      train_limit=32, valid_limit=18)
+    from src.training.evaluate import evaluate
+
     task = ClassificationTask(cfg["class_names"], 64, cfg)
-    full = task.evaluate(model, make_loader(data.valid, batch_size=16, train=False, seed=42), torch.device("cpu"),
-                         "valid")
-    assert len(task._last_eval["valid"][0]) == 18
+    full = evaluate(model, task, make_loader(data.valid, batch_size=16, train=False, seed=42), torch.device("cpu"),
+                    "valid")
+    assert len(task._meters["valid"].arrays()[0]) == 18
     assert metrics["valid_acc"] == pytest.approx(full["acc"], abs=1e-9)
     assert metrics["valid_f1"] == pytest.approx(full["f1"], abs=1e-9)
