@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from src import cli
-from src.tasks import refdet
+from src.tasks import refdet, refdet_args
 from src.tasks.refdet_inference import predict_main
 from src.tasks.refdet_profile import profile
 from src.training.loop import autocast_factory, build_train_config, fit, seed_everything
@@ -24,17 +24,17 @@ log = logging.getLogger("src")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    refdet.add_args(parser)              # data (AeroEyes), model, loss, optimizer, inference, profiling
+    refdet_args.add_args(parser)         # data (AeroEyes), model, loss, optimizer, inference, profiling
     cli.add_training_args(parser)
     cli.add_data_args(parser)
     cli.add_output_args(parser, "yolov8n_refdet")
-    parser.set_defaults(**refdet.SCRIPT_DEFAULTS)
+    parser.set_defaults(**refdet_args.SCRIPT_DEFAULTS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = refdet.parse_args(parser, argv)
+    args = refdet_args.parse_args(parser, argv)
     if args.predict:
         return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
     with start_run(args.device) as run:

@@ -289,6 +289,48 @@ def _reference(rng: np.random.Generator, attrs: Attrs, length: float, video_angl
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+def _paint(rng: np.random.Generator, ground: np.ndarray, objects: list[dict]) -> tuple[Image.Image, np.ndarray]:
+    """The whole scene: the objects (with soft shadows) on the ground, in the day's light; and the
+    target's box (x1, y1, x2, y2) in scene pixels."""
+    canvas = Image.fromarray(np.clip(ground, 0, 255).astype(np.uint8))
+    target_box = None
+    for o in objects:
+        sp = o["sprite"]
+        ab = _alpha_box(sp)
+        # place the sprite so that its opaque box is centred on the chosen point
+        x0 = int(round(o["centre"][0] - (ab[0] + ab[2]) / 2))
+        y0 = int(round(o["centre"][1] - (ab[1] + ab[3]) / 2))
+        shadow = Image.new("RGBA", sp.size, (0, 0, 0, 0))
+        shadow.putalpha(sp.getchannel("A").point(lambda v: v * 35 // 100))
+        canvas.paste(shadow, (x0 + 2, y0 + 2), shadow)
+        canvas.paste(sp, (x0, y0), sp)
+        if o["role"] == "target":
+            target_box = np.array([x0 + ab[0], y0 + ab[1], x0 + ab[2], y0 + ab[3]], dtype=np.float64)
+    light = rng.uniform(0.92, 1.08)   # the day's light: the video's colours differ a little from the photos
+    canvas = Image.fromarray(np.clip(np.asarray(canvas, dtype=np.float32) * light, 0, 255).astype(np.uint8))
+
+    return canvas, target_box
+
+
+def _film(canvas: Image.Image, crops: np.ndarray, target_box: np.ndarray, size: tuple[int, int]) -> tuple[list, list]:
+    """The camera's frames (one crop of the scene per frame, resized to ``size``) and the target's box in
+    each frame where enough of it is in view (AeroEyes ``bboxes`` entries)."""
+    W, H = size
+    n_frames = len(crops)
+    frames, bboxes = [], []
+    for t in range(n_frames):
+        x0, y0, x1, y1 = crops[t]
+        frames.append(canvas.transform((W, H), Image.Transform.EXTENT, (x0, y0, x1, y1), resample=Image.BILINEAR))
+        scale = W / (x1 - x0)
+        fb = (target_box - [x0, y0, x0, y0]) * scale
+        full = (fb[2] - fb[0]) * (fb[3] - fb[1])
+        cb = [math.floor(max(fb[0], 0)), math.floor(max(fb[1], 0)), math.ceil(min(fb[2], W)), math.ceil(min(fb[3], H))]
+        inside = max(0, cb[2] - cb[0]) * max(0, cb[3] - cb[1])
+        if inside >= VISIBLE_AREA * full:
+            bboxes.append({"frame": t, "x1": cb[0], "y1": cb[1], "x2": cb[2], "y2": cb[3]})
+    return frames, bboxes
+
+
 def _make_video(rng: np.random.Generator, folder: str, target: Attrs, n_frames: int, size: tuple[int, int],
                 object_size: tuple[float, float], zoom: bool) -> dict:
     """Render one sample folder; return its facts (boxes per frame, objects, segments)."""
@@ -340,34 +382,8 @@ def _make_video(rng: np.random.Generator, folder: str, target: Attrs, n_frames: 
             continue
         objects.append({"attrs": attrs, "sprite": sprite, "centre": cand[int(rng.choice(pool))], "role": "distractor"})
 
-    canvas = Image.fromarray(np.clip(ground, 0, 255).astype(np.uint8))
-    target_box = None
-    for o in objects:
-        sp = o["sprite"]
-        ab = _alpha_box(sp)
-        # place the sprite so that its opaque box is centred on the chosen point
-        x0 = int(round(o["centre"][0] - (ab[0] + ab[2]) / 2))
-        y0 = int(round(o["centre"][1] - (ab[1] + ab[3]) / 2))
-        shadow = Image.new("RGBA", sp.size, (0, 0, 0, 0))
-        shadow.putalpha(sp.getchannel("A").point(lambda v: v * 35 // 100))
-        canvas.paste(shadow, (x0 + 2, y0 + 2), shadow)
-        canvas.paste(sp, (x0, y0), sp)
-        if o["role"] == "target":
-            target_box = np.array([x0 + ab[0], y0 + ab[1], x0 + ab[2], y0 + ab[3]], dtype=np.float64)
-    light = rng.uniform(0.92, 1.08)   # the day's light: the video's colours differ a little from the photos
-    canvas = Image.fromarray(np.clip(np.asarray(canvas, dtype=np.float32) * light, 0, 255).astype(np.uint8))
-
-    frames, bboxes = [], []
-    for t in range(n_frames):
-        x0, y0, x1, y1 = crops[t]
-        frames.append(canvas.transform((W, H), Image.Transform.EXTENT, (x0, y0, x1, y1), resample=Image.BILINEAR))
-        scale = W / (x1 - x0)
-        fb = (target_box - [x0, y0, x0, y0]) * scale
-        full = (fb[2] - fb[0]) * (fb[3] - fb[1])
-        cb = [math.floor(max(fb[0], 0)), math.floor(max(fb[1], 0)), math.ceil(min(fb[2], W)), math.ceil(min(fb[3], H))]
-        inside = max(0, cb[2] - cb[0]) * max(0, cb[3] - cb[1])
-        if inside >= VISIBLE_AREA * full:
-            bboxes.append({"frame": t, "x1": cb[0], "y1": cb[1], "x2": cb[2], "y2": cb[3]})
+    canvas, target_box = _paint(rng, ground, objects)
+    frames, bboxes = _film(canvas, crops, target_box, size)
     os.makedirs(os.path.join(folder, "object_images"))
     codec = _encode(os.path.join(folder, "drone_video.mp4"), frames)
     for k in range(3):

@@ -4,20 +4,17 @@ trained episodically on the shared engine and scored with the challenge's ST-IoU
 Data: :mod:`src.data.aeroeyes` (layout), :mod:`src.data.frames` (frame cache, decoding),
 :mod:`src.data.refdet` (episodes, augmentation, whole-video clips); model: :mod:`src.models.refdet`;
 loss: :mod:`src.losses.refdet`; metric: :mod:`src.metrics.refdet`; inference: :mod:`src.tasks.refdet_inference`;
-``--profile``: :mod:`src.tasks.refdet_profile`. Monitors ``valid_st_iou``.
+``--profile``: :mod:`src.tasks.refdet_profile`; flags: :mod:`src.tasks.refdet_args`. Monitors ``valid_st_iou``.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-from typing import Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
-from src import cli
 from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos
 from src.data.demo_refdet import ensure_demo_refdet
 from src.data.frames import ensure_frame_cache
@@ -37,27 +34,6 @@ from src.training.run import Run
 from src.training.task import Task
 
 log = logging.getLogger("src")
-
-
-# --stage presets (defaults only: flags typed on the command line win). The seed trained in three
-# stages; its stage-3 "resume" from stage 2 trained zero epochs, here stage 3 starts a new run from
-# stage 2's weights with --init-from.
-STAGES = {
-    1: dict(freeze_dino_layers=12, supcon_weight=0.0, bbox_loss="ciou", lr=1e-3),   # detector + fusion, DINO frozen
-    2: dict(freeze_dino_layers=6, supcon_weight=0.5, bbox_loss="ciou", lr=1e-3),    # + last 6 DINO blocks, contrastive
-    3: dict(freeze_dino_layers=6, supcon_weight=0.2, bbox_loss="wiou", lr=2e-4),    # fine-tune, WIoU v3
-}
-
-# --demo: small frames and references, DINO fully frozen (its 21.6M parameters are random here: no
-# pretrained weights offline) so the support cache serves every step; sized to finish in CPU minutes
-DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, frame_stride=2, n_way=2, n_query=4,
-                     n_background=2, n_episodes=70, epochs=12, warmup_epochs=0.5, background_frames=12, num_workers=1,
-                     patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1,
-                     permute_colours=True)
-
-# the shared flags' defaults for this task
-SCRIPT_DEFAULTS = dict(weight_decay=5e-4, clip_grad=10.0, batch_size=32, patience=10, epochs=30, num_workers=2,
-                       ema_decay=0.9999)
 
 
 # ----------------------------------------------------------------------------- task
@@ -191,98 +167,7 @@ def _frame_targets(per_frame: list, scale: float, device: torch.device):
     return gt, mask
 
 
-# ----------------------------------------------------------------------------- flags and data
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    """``train_yolov8n_refdet.py``'s own flags: data (AeroEyes layout), model, loss, optimizer and
-    evaluation, inference and profiling."""
-    d = p.add_argument_group("data (Zalo AI 2025 AeroEyes layout)")
-    cli.add_flag(d, "--data-root", default=None,
-                 help="dataset root with samples/ and annotations/ (or the samples/ folder itself)")
-    cli.add_flag(d, "--annotations", default=None, help="annotations.json (default ROOT/annotations/annotations.json)")
-    cli.add_flag(d, "--test-data-root", default=None, help="held-out videos evaluated once at the end")
-    cli.add_flag(d, "--test-annotations", default=None)
-    cli.add_flag(d, "--valid-videos", default="0.2",
-                 help="validation videos: a fraction (0.2), a count (3) or comma-separated video ids")
-    cli.add_flag(d, "--split-file", default=None, help="'video_id train|valid' lines (overrides --valid-videos)")
-    cli.add_flag(d, "--frame-cache", default=None, metavar="DIR",
-                 help="extracted-frame cache (default ROOT/frame_cache); built on first use")
-    cli.add_flag(d, "--background-frames", type=int, default=20,
-                 help="unannotated frames per video extracted as negatives")
-    cli.add_flag(d, "--frame-stride", type=int, default=1, help="evaluate every N-th frame of a video")
-    cli.add_flag(d, "--image-size", type=int, default=640, help="square letterbox side of query frames (multiple of 32)")
-    cli.add_flag(d, "--support-size", type=int, default=224, help="reference image side (multiple of the ViT patch)")
-    cli.add_flag(d, "--support-views", type=int, default=4,
-                 help="fixed augmented versions of each video's references (1 = no support augmentation)")
-    cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
-                 help="flips, scale/translate and colour jitter on query frames")
-    cli.add_flag(d, "--permute-colours", action=argparse.BooleanOptionalAction, default=False,
-                 help="per episode, reorder the RGB channels of a video's frames and its references alike (one of "
-                      "six orders), so few training objects cannot be memorized as the targets (on in --demo)")
-    cli.add_flag(d, "--n-way", type=int, default=2, help="videos per episode")
-    cli.add_flag(d, "--n-query", type=int, default=4, help="annotated frames per video per episode")
-    cli.add_flag(d, "--n-background", type=int, default=1, help="background frames per video per episode")
-    cli.add_flag(d, "--n-episodes", type=int, default=500, help="episodes (optimizer micro-steps) per epoch")
-    cli.add_flag(d, "--frame-cache-size", type=int, default=None,
-                 help="accepted for the seed's recipes; frames come from the on-disk JPEG cache instead")
-    cli.add_flag(d, "--demo-dir", default="data/demo/refdet", help="where --demo writes its videos")
-    m = p.add_argument_group("model")
-    cli.add_flag(m, "--stage", type=int, choices=sorted(STAGES), default=None,
-                 help="preset: 1 DINO frozen, 2 last 6 DINO blocks + contrastive, 3 fine-tune with WIoU "
-                      "(typed flags win; start stage 3 from stage 2 with --init-from)")
-    cli.add_flag(m, "--dino-model", default="vit_small_patch16_dinov3", help="timm ViT for the references")
-    cli.add_flag(m, "--freeze-dino-layers", type=int, default=6, help="frozen (and cached) first ViT blocks")
-    cli.add_flag(m, "--pretrained", action="store_true", help="DINOv3 LVD-1689M weights via timm")
-    cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH", help="local timm weights file (implies --pretrained)")
-    cli.add_flag(m, "--fusion", choices=["psalm", "cheaf"], default="psalm")
-    cli.add_flag(m, "--embed-dim", type=int, default=128, help="prototype / anchor embedding width")
-    cli.add_flag(m, "--siamese", action=argparse.BooleanOptionalAction, default=True,
-                 help="also encode the references with the detector's own backbone (a prototype in the query "
-                      "features' space, added to the DINO one)")
-    cli.add_flag(m, "--support-cache-size-mb", type=float, default=200.0,
-                 help="support-feature cache (frozen DINO part) in MB; 0 disables")
-    cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
-                 help="start a new run from another run's weights (best_model.pt / last.pt / run dir)")
-    lo = p.add_argument_group("loss")
-    cli.add_flag(lo, "--swap-negatives", action=argparse.BooleanOptionalAction, default=True,
-                 help="also pair each training frame with another episode video's references, as an "
-                      "all-background example (teaches the detector to fire only on the referenced object)")
-    cli.add_flag(lo, "--bbox-loss", choices=["ciou", "wiou"], default="ciou")
-    cli.add_flag(lo, "--cls-loss", choices=["bce", "focal"], default="bce")
-    cli.add_flag(lo, "--box-weight", type=float, default=7.5)
-    cli.add_flag(lo, "--dfl-weight", type=float, default=1.5)
-    cli.add_flag(lo, "--cls-weight", type=float, default=0.5)
-    cli.add_flag(lo, "--supcon-weight", type=float, default=0.5)
-    cli.add_flag(lo, "--supcon-temperature", type=float, default=0.1)
-    o = p.add_argument_group("optimizer and evaluation")
-    cli.add_flag(o, "--lr", type=float, default=1e-3,
-                 help="learning rate of new parts (--head-lr); a --pretrained DINO gets lr/10 (--base-lr)")
-    cli.add_flag(o, "--gradient-accumulation", type=int, dest="grad_accum", default=argparse.SUPPRESS,
-                 help="the seed's name for --grad-accum")
-    cli.add_flag(o, "--score-threshold", type=float, default=0.5, help="detection score for ST-IoU and --predict")
-    i = p.add_argument_group("inference and profiling")
-    cli.add_flag(i, "--predict", action="store_true",
-                 help="write detections for every video under --data-root (challenge submission format)")
-    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
-    cli.add_flag(i, "--out", default=None, metavar="JSON", help="--predict output (default predictions.json)")
-    cli.add_flag(i, "--preview", default=None, metavar="DIR", help="also write annotated preview videos here")
-    cli.add_flag(i, "--profile", type=int, default=0, metavar="N",
-                 help="run N training steps, print a time breakdown and cache hit rates, then exit")
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    pre, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**STAGES[pre.stage or 2])
-    args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    pretrained = args.pretrained or args.pretrained_weights
-    cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
-    if args.image_size % 32:
-        parser.error(f"--image-size must be a multiple of 32 (the detector's largest stride), got {args.image_size}")
-    if args.demo:     # --demo replaces a recipe's data paths
-        args = cli.with_values(args, data_root=args.demo_dir, annotations=None, test_data_root=None,
-                               split_file=args.split_file or os.path.join(args.demo_dir, "splits.txt"))
-    return args
-
+# ----------------------------------------------------------------------------- data and model
 
 def _valid_spec(value: str):
     if "," in value or not value.replace(".", "", 1).isdigit():
@@ -317,10 +202,11 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
                             f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
     cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
     # rank 0 extracts (and counts the warnings); the others read the finished indexes afterwards
-    indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, warnings) if dist.is_main else None
+    indexes = (ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed, warnings)
+               if dist.is_main else None)
     D.barrier()
     if indexes is None:
-        indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.seed, DataWarnings(),
+        indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed, DataWarnings(),
                                      log_progress=False)
     train = [r for r in train if r.video_id in indexes]
     frames = RefDetFrames(train, indexes, args.image_size, args.support_size, args.support_views, augment=args.augment)

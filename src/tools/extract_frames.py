@@ -3,7 +3,8 @@
     python -m src.tools.extract_frames --data-root datasets/train [--cache-dir datasets/train/frame_cache]
 
 Run it before training to pay the decoding once: a training run with the same ``--background-frames``
-finds every video up to date (the cache's seed is :data:`src.data.frames.CACHE_SEED` on both sides).
+finds every video up to date: the background frames' seed is :data:`src.data.frames.CACHE_SEED` on both
+sides (``--frame-cache-seed``), whatever ``--seed`` training runs with.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_flag(p, "--cache-dir", default=None, help="frame cache folder (default: ROOT/frame_cache)")
     cli.add_flag(p, "--background-frames", type=int, default=20,
                  help="random frames without the target cached per video (negatives)")
-    cli.add_flag(p, "--seed", type=int, default=CACHE_SEED, help="seed of the background-frame choice")
+    p.add_argument("--frame-cache-seed", "--frame_cache_seed", "--seed", dest="frame_cache_seed", type=int,
+                   default=CACHE_SEED, help="seed of the background frames' choice (training's --frame-cache-seed, "
+                                            "same default: change both or neither)")
     cli.add_flag(p, "--quality", type=int, default=90, help="JPEG quality of cached frames")
     return p
 
@@ -47,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written_total, extracted, failed = 0, 0, 0
     for record in records:
         t0 = time.perf_counter()
-        index, written, fresh = extract_video_counted(record, cache_dir, args.background_frames, args.seed, args.quality,
+        index, written, fresh = extract_video_counted(record, cache_dir, args.background_frames, args.frame_cache_seed, args.quality,
                                          warnings)
         written_total += written
         if index is None:
