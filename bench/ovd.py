@@ -66,7 +66,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from bench.timing import command_line, fastest, ms, ratio, round_robin_args, spread
+from bench.timing import command_line, device_name, fastest, ms, ratio, round_robin_args, spread
 from src.errors import DataError
 from src.data.grounding import encode_words
 from src.models import ovd_matching
@@ -401,10 +401,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    if device.type == "cuda":
-        dev_name = torch.cuda.get_device_name(device)
-    else:
-        dev_name = f"CPU ({torch.get_num_threads()} threads)"
+    dev_name = device_name(device)
     print(f"# ovd: device {dev_name}, {platform.machine()} {platform.system()}, {os.cpu_count()} logical CPUs; "
           f"torch {torch.__version__}, timm {timm.__version__}, scipy {scipy.__version__}, numpy {np.__version__}, "
           f"Python {platform.python_version()}")

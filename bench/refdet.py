@@ -111,8 +111,8 @@ import timm
 import torch
 from torch import nn
 
-from bench.timing import (alternating_rounds, command_line, fastest, median, ms, ratio, round_robin_args,
-                          spread)
+from bench.timing import (alternating_rounds, command_line, device_name, fastest, median, ms, ratio,
+                          round_robin_args, spread)
 from src.errors import DataError
 from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos
 from src.data.demo_refdet import ensure_demo_refdet
@@ -678,10 +678,7 @@ def main(argv=None) -> int:
 
 
 def run(args, device: torch.device) -> int:
-    if device.type == "cuda":
-        dev_name = torch.cuda.get_device_name(device)
-    else:
-        dev_name = f"CPU ({torch.get_num_threads()} threads)"
+    dev_name = device_name(device)
     print(f"# refdet: device {dev_name}; {cpu_name()}, {platform.machine()} {platform.system()}, "
           f"{os.cpu_count()} logical CPUs; torch {torch.__version__}, timm {timm.__version__}, PyAV {av.__version__} "
           f"(FFmpeg {'.'.join(map(str, av.library_versions.get('libavcodec', ())))} libavcodec), "

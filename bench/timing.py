@@ -139,3 +139,10 @@ def command_line(module: str) -> str:
     if "OMP_NUM_THREADS" in os.environ:
         text += f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
     return text
+
+
+def device_name(device: torch.device) -> str:
+    """What a table's header says of the device: the GPU's name, or the CPU with its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"

@@ -118,13 +118,11 @@ def with_values(args: argparse.Namespace, **values: Any) -> argparse.Namespace:
 
 
 def set_default_lrs(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace,
-                    base_lr: float, head_lr: float) -> None:
-    """Scripts with a single ``--lr``: ``--base-lr``/``--head-lr`` follow it unless typed explicitly."""
+                    base_lr: float, head_lr: float) -> argparse.Namespace:
+    """Scripts with a single ``--lr``: ``--base-lr``/``--head-lr`` follow it unless typed explicitly
+    (a new namespace; ``args`` is left as it is)."""
     typed = explicit_args(parser, argv)
-    if "base_lr" not in typed:
-        args.base_lr = base_lr
-    if "head_lr" not in typed:
-        args.head_lr = head_lr
+    return with_values(args, **{k: v for k, v in (("base_lr", base_lr), ("head_lr", head_lr)) if k not in typed})
 
 
 def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:

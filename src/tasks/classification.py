@@ -129,10 +129,7 @@ def model_config(args, class_names: list[str]) -> dict:
 def build_data(args, run: Run) -> tuple[ClassificationData, dict]:
     """The dataset (generated first under ``--demo``, by rank 0) and its loaders by split."""
     if args.demo:
-        if run.is_main:
-            log.info("demo data: %s", os.path.abspath(args.demo_dir))
-            ensure_demo_classification(args.demo_dir)
-        run.barrier()
+        run.prepare_demo(ensure_demo_classification, args.demo_dir)
     data = build_classification_data(args.metadata, args.label2id, args.image_size, args.seed,
                                      args.train_limit, args.valid_limit, args.cache_images)
     common = dict(batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers,

@@ -167,7 +167,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """Flags, ``--demo`` defaults and the demo data's paths, a resumed run's arguments; ``--lr`` is
     VietOCR's single learning rate (``--base-lr``/``--head-lr`` follow it unless typed)."""
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    cli.set_default_lrs(parser, argv, args, args.lr, args.lr)
+    args = cli.set_default_lrs(parser, argv, args, args.lr, args.lr)
     if args.demo:    # the generated lines replace the data paths
         files = {split: os.path.join(args.demo_dir, f"{split}.txt") for split in ("train", "valid", "test")}
         args = cli.with_values(args, data_root=args.demo_dir, train_annotation=files["train"],
@@ -199,10 +199,7 @@ def build_data(args, run: Run, vocab: Vocab, warnings: DataWarnings) -> dict:
     """Loaders by split (LMDB caches built first, by rank 0; the demo lines generated under ``--demo``)."""
     dist = run.dist
     if args.demo:
-        if dist.is_main:
-            log.info("demo data: %s", os.path.abspath(args.demo_dir))
-            ensure_demo_ocr(args.demo_dir)
-        D.barrier()
+        run.prepare_demo(ensure_demo_ocr, args.demo_dir)
     for flag in ("data_root", "train_annotation", "valid_annotation"):
         if not getattr(args, flag):
             raise DataError(f"--{flag.replace('_', '-')} is required (or use --demo)")

@@ -26,7 +26,6 @@ from src.metrics.grounding import GroundingMeter
 from src.models.ovd import DEFAULT_BUCKETS, GroundingModel, build_grounding_model
 from src.models.ovd_matching import GroundingCriterion, HungarianMatcher
 from src.tasks.ovd_inference import MODEL_KEYS, model_kwargs
-from src.training import distributed as D
 from src.training.plots import draw_grounding, plot_grounding_samples
 from src.training.run import Run
 from src.training.task import Task
@@ -173,7 +172,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
     # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
     pretrained = args.pretrained or args.pretrained_weights
-    cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
+    args = cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
     if args.precision is not None:   # the seed's Lightning flag, on top of --amp/--amp-dtype
         args = cli.with_values(args, amp=args.precision != "32", amp_dtype="bf16" if args.precision == "bf16" else "fp16")
     if args.demo:                    # the generated dataset replaces the data root
@@ -202,10 +201,7 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
     """Loaders of train, valid and each ``--test-splits`` split whose file exists (in that order)."""
     dist = run.dist
     if args.demo:
-        if dist.is_main:
-            log.info("demo data: %s", os.path.abspath(args.demo_dir))
-            ensure_demo_ovd(args.demo_dir)
-        D.barrier()
+        run.prepare_demo(ensure_demo_ovd, args.demo_dir)
     if not args.data_root:
         raise DataError("--data-root is required (or use --demo)")
     splits = ["train", "valid"] + [s for s in args.test_splits

@@ -187,10 +187,7 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
     cache is brought up to date first (by rank 0)."""
     dist = run.dist
     if args.demo:
-        if dist.is_main:
-            log.info("demo data: %s", os.path.abspath(args.demo_dir))
-            ensure_demo_refdet(args.demo_dir)
-        D.barrier()
+        run.prepare_demo(ensure_demo_refdet, args.demo_dir)
     if not args.data_root:
         raise DataError("--data-root is required (or use --demo)")
     records = read_aeroeyes(args.data_root, args.annotations, warnings)

@@ -116,7 +116,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     parser.set_defaults(**STAGES[pre.stage or 2])
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
     pretrained = args.pretrained or args.pretrained_weights
-    cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
+    args = cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
     if args.image_size % 32:
         parser.error(f"--image-size must be a multiple of 32 (the detector's largest stride), got {args.image_size}")
     if args.demo:     # --demo replaces a recipe's data paths

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections import Counter
 from typing import Sequence
 
@@ -27,6 +26,7 @@ from sklearn.model_selection import train_test_split
 
 from src import cli
 from src.errors import DataError
+from src.training.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -103,22 +103,6 @@ def assign_splits(labels: list[str], valid: float, test: float, seed: int) -> li
     return split
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    # temp file in the same folder + os.replace: readers see the old file or the new one, never half
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _relative(path: str, root: str) -> str:
     try:
         rel = os.path.relpath(path, root)
@@ -160,8 +144,8 @@ def prepare_metadata(images_dir: str, out_dir: str, valid: float = 0.1, test: fl
     writer.writerows((_relative(path, root), label, split) for (path, label), split in zip(items, splits))
     label2id = {name: i for i, name in enumerate(sorted(set(labels)))}
     # both files are checked before either is written, so a refusal never leaves a mixed pair
-    _atomic_write_text(csv_path, buf.getvalue())
-    _atomic_write_text(json_path, json.dumps(label2id, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, json.dumps(label2id, indent=2, ensure_ascii=False) + "\n")
     log.info("wrote %s (%d images) and %s (%d classes)", csv_path, len(items), json_path, len(label2id))
     print(count_table(labels, splits))
     return csv_path, json_path

@@ -40,6 +40,10 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_text(path: str, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def atomic_json_dump(obj: Any, path: str) -> None:
     data = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default).encode("utf-8")
     _atomic_write(path, lambda f: f.write(data))

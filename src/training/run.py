@@ -5,9 +5,10 @@ tears the process group down, whatever happened inside."""
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -29,7 +30,12 @@ class Run:
     def is_main(self) -> bool:
         return self.dist.is_main
 
-    def barrier(self) -> None:
+    def prepare_demo(self, generate: Callable[[str], Any], root: str) -> None:
+        """``--demo``: rank 0 generates the demo dataset into ``root`` (once; the generators keep a
+        stamp), while the other ranks wait for it."""
+        if self.dist.is_main:
+            log.info("demo data: %s", os.path.abspath(root))
+            generate(root)
         D.barrier()
 
     def open_dir(self, results_dir: str, name: str, resume: str | None, record: dict[str, Any],

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from src.data.loading import DataWarnings, make_loader
+from src.data.loading import make_loader
 from src.errors import TrainingError
 from src.metrics.meter import SumMeter
 from src.training.evaluate import evaluate
