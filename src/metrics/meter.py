@@ -71,4 +71,5 @@ class WithLoss(SumMeter):
         self.inner.merge([s["inner"] for s in states])
 
     def compute(self) -> dict[str, float]:
-        return {"loss": self.loss(), **self.inner.compute()}
+        # the inner meter's own loss, if it keeps one, is not the one fed here
+        return {"loss": self.loss(), **{k: v for k, v in self.inner.compute().items() if k != "loss"}}

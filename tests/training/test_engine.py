@@ -156,14 +156,3 @@ def test_to_device_moves_tensors_at_any_depth():
     moved = to_device(batch, torch.device("meta"))
     assert moved["image"].is_meta and moved["targets"][0]["boxes"].is_meta and moved["n"][0].is_meta
     assert moved["ids"] == ["a"] and moved["n"][1] == 3
-
-
-def test_meters_merge_rank_states_into_the_figures_of_one_process():
-    whole, ranks = MSEMeter(), [MSEMeter(), MSEMeter()]
-    for i, (loss, n, err) in enumerate([(1.0, 2, 0.5), (3.0, 6, 2.0), (0.5, 4, 1.0)]):
-        for m in (whole, ranks[min(i, 1)]):
-            m.add_loss(loss, n)
-            m.add(abs_err=err, n=n)
-    merged = MSEMeter()
-    merged.merge([r.state() for r in ranks])
-    assert merged.compute() == pytest.approx(whole.compute())
