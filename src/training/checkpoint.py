@@ -19,11 +19,14 @@ from src.errors import DataError
 FORMAT_VERSION = 1
 
 
+TEMP_PREFIX = ".tmp_"
+
+
 def _atomic_write(path: str, write) -> None:
     """Write via a temp file in the same folder, fsync, then ``os.replace``: a reader (or a
     crash) sees either the old file or the new one, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -38,6 +41,15 @@ def _atomic_write(path: str, write) -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete the temp files that writers killed mid-write (SIGKILL, power cut) left in ``folder``;
+    the files they were replacing are intact. Returns the names removed."""
+    stale = sorted(n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX))
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from src.training import distributed as D
+from src.training.checkpoint import remove_stale_temp_files
 from src.training.run_dir import prepare_run_dir, setup_logging, write_config
 
 log = logging.getLogger("src")
@@ -45,6 +46,9 @@ class Run:
         (every resolved argument) and ``extra`` in ``config.json``; logging goes to its ``train.log``."""
         self.dir = prepare_run_dir(results_dir, name, resume, self.dist.is_main)
         setup_logging(self.dir, self.dist.is_main)
+        if resume and self.dist.is_main:
+            for stale in remove_stale_temp_files(self.dir):
+                log.info("removed %s, a checkpoint write the interrupted run did not finish", stale)
         if self.dist.is_main and not resume:
             write_config(self.dir, record, {"device": str(self.device), "world_size": self.dist.world_size,
                                             **(extra or {})})

@@ -25,9 +25,12 @@ def test_resume_reopens_the_run_without_rewriting_its_config(tmp_path):
     run_dir = tmp_path / "toy_01_01_2026_0000"
     run_dir.mkdir()
     (run_dir / "config.json").write_text('{"args": {"epochs": 3}}')
+    (run_dir / "last.pt").write_bytes(b"the last finished epoch")
+    (run_dir / ".tmp_k2j4last.pt").write_bytes(b"half a checkp")       # a write the SIGKILL interrupted
     with start_run("cpu") as run:
         assert run.open_dir(str(tmp_path), "toy", str(run_dir / "last.pt"), {"epochs": 9}) == str(run_dir)
     assert json.loads((run_dir / "config.json").read_text()) == {"args": {"epochs": 3}}
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "last.pt", "train.log"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
