@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from typing import Any
@@ -22,6 +23,12 @@ FORMAT_VERSION = 1
 TEMP_PREFIX = ".tmp_"
 
 
+def _umask() -> int:
+    mask = os.umask(0)      # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str, write) -> None:
     """Write via a temp file in the same folder, fsync, then ``os.replace``: a reader (or a
     crash) sees either the old file or the new one, never half of one."""
@@ -32,6 +39,7 @@ def _atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; the file gets what open() would give
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -79,6 +87,13 @@ def torch_load_file(path: str, what: str = "checkpoint", error: type[Exception] 
         raise error(f"{path}: {what} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refused what it read: never pass on PyTorch's advice to switch the check off
+        found = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), "")
+        if not found:
+            raise error(f"{path}: not a readable {what} (not a PyTorch file of tensors and plain data)") from None
+        raise error(f"{path}: not a {what} of this project, nor a safe one: it holds Python objects that could "
+                    f"run code when loaded ({found}); it was not loaded") from None
     except Exception as exc:
         raise error(f"{path}: not a readable {what} ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

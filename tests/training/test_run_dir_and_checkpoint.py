@@ -54,3 +54,34 @@ def test_load_checkpoint_rejects_garbage(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="x.pt: not a readable checkpoint"):
         load_checkpoint(str(bad))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_crafted_pickle_is_refused_without_advice_to_disable_the_check(tmp_path):
+    from src.errors import DataError
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _RunsCode()}, path)
+    with pytest.raises(DataError) as info:
+        load_checkpoint(str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a checkpoint of this project, nor a safe one") and "\n" not in message
+    assert "weights_only" not in message and "succeed" not in message and "posix.system" in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_json_dump({"a": 1}, str(tmp_path / "metrics.json"))
+        atomic_torch_save({"model": {}}, str(tmp_path / "last.pt"))
+        with open(tmp_path / "train.log", "w"):
+            pass
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(("metrics.json", "last.pt", "train.log"), 0o666 & ~umask)
