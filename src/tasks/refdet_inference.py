@@ -36,14 +36,19 @@ def load_for_inference(weights: str, device: torch.device) -> tuple[RefDetModel,
 
 
 @torch.no_grad()
-def detect_video(model: RefDetModel, clips, device: torch.device, threshold: float) -> dict[int, list]:
-    """{frame: [box xyxy original pixels]} of one video's VideoClips chunks (top-1 per frame >= threshold)."""
+def detect_video(model: RefDetModel, clips, device: torch.device, threshold: float,
+                 warnings: DataWarnings | None = None) -> dict[int, list]:
+    """{frame: [box xyxy original pixels]} of one video's VideoClips chunks (top-1 per frame >= threshold).
+
+    A video that cannot be read (or whose reference photos cannot) is counted in ``warnings`` and gives
+    the frames found before the failure (none for a video that does not open)."""
     found: dict[int, list] = {}
     support = None
     for item in clips:
         if not usable(item):
-            key, reason = item["bad"][0]
-            raise DataError(f"{key}: {reason}")
+            if warnings is not None:
+                warnings.add_many(item["bad"])
+            break
         if item["support"] is not None:
             support = model.encode_support(item["support"][None].to(device))
         images = item["images"].to(device)
@@ -94,13 +99,20 @@ def _predict(args, threshold_typed: bool, device: torch.device) -> int:
     print(f"score threshold {threshold}")
     warnings = DataWarnings()
     records = read_aeroeyes(args.data_root, args.annotations, warnings, require_boxes=False)
-    found_all = {}
+    found_all, failed = {}, 0
     for rec in records:
         t0 = time.perf_counter()
         clips = VideoClips([rec], cfg["image_size"], cfg["support_size"], stride=args.frame_stride,
                            chunk=args.batch_size)
-        found = detect_video(model, clips, device, threshold)
+        before = warnings.counts()
+        found = detect_video(model, clips, device, threshold, warnings)
         found_all[rec.video_id] = found
+        if warnings.counts() != before:        # reported and skipped: the other videos still get their entry
+            failed += 1
+            problem = ", ".join(k for k, n in warnings.counts().items() if n != before.get(k, 0))
+            print(f"{rec.video_id}: skipped ({problem}); {len(found)} frames with the object before it failed",
+                  file=sys.stderr)
+            continue
         print(f"{rec.video_id}: {len(found)} frames with the object ({time.perf_counter() - t0:.1f} s)")
         if args.preview:
             os.makedirs(args.preview, exist_ok=True)
@@ -110,7 +122,7 @@ def _predict(args, threshold_typed: bool, device: torch.device) -> int:
     out = args.out or "predictions.json"
     atomic_json_dump(submission(found_all, frame_step=args.frame_stride,
                                 video_ids=[r.video_id for r in records]), out)
-    print(f"wrote {out} ({len(records)} videos)")
+    print(f"wrote {out} ({len(records)} videos{f', {failed} unreadable' if failed else ''})")
     if warnings.counts():
         print(f"data warnings: {warnings.counts()}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0

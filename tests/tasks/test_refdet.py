@@ -140,3 +140,28 @@ def test_bad_input_is_counted_or_one_error_line(refdet_root, tmp_path):
     ann_path.write_text(json.dumps([{"video_id": "train_00", "annotations": [{"bboxes": [{"frame": 1, "x1": 1}]}]}]))
     proc = run_script(REFDET, _data(str(root)) + QUICK, tmp_path, check=False)
     assert proc.returncode == 2 and "missing key" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_predict_reports_and_skips_an_unreadable_video(refdet_root, tmp_path):
+    """One broken mp4 in the folder: it is reported and gets an empty entry; every other video is
+    still detected and written (before, the first bad video ended --predict with no file)."""
+    from src.models.refdet import build_refdet_model
+    from src.tasks.refdet_inference import MODEL_KEYS
+
+    root = tmp_path / "data"
+    shutil.copytree(refdet_root, root, ignore=shutil.ignore_patterns("frame_cache"))
+    (root / "samples" / "train_01" / "drone_video.mp4").write_bytes(b"\x00" * 3000)
+    cfg = dict(dino_model="vit_small_patch16_dinov3", support_size=32, freeze_dino_layers=12, fusion="psalm",
+               embed_dim=16, siamese=True, image_size=64, score_threshold=0.0)
+    torch.manual_seed(0)
+    model = build_refdet_model(**{k: cfg[k] for k in MODEL_KEYS if k != "image_size"})
+    torch.save({"model": model.state_dict(), "task": "refdet", "model_config": cfg}, tmp_path / "w.pt")
+    out = tmp_path / "pred.json"
+    proc = run_script(REFDET, ["--predict", "--data-root", str(root), "--weights", str(tmp_path / "w.pt"),
+                               "--out", str(out), "--num-workers", "0"], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "train_01: skipped (unreadable_video)" in proc.stderr
+    sub = {s["video_id"]: s["detections"] for s in json.loads(out.read_text())}
+    assert sorted(sub) == sorted(p.name for p in (root / "samples").iterdir())
+    assert sub["train_01"] == [] and all(sub[v] for v in sub if v != "train_01")     # threshold 0: every frame
+    assert f"wrote {out} (5 videos, 1 unreadable)" in proc.stdout
