@@ -135,10 +135,21 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
     return vars(quiet.parse_args(argv))
 
 
+# what a resumed run may change: how long and where it runs, and where its data now lives. Every other
+# argument shapes the model, the data or the optimization, and must stay what the run started with.
+RESUMABLE = frozenset({
+    "resume", "epochs", "patience", "max_bad_steps", "device", "num_workers", "pin_memory", "compile", "plot",
+    "save_history", "limit_val_batches", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
+    "train_annotation", "valid_annotation", "test_annotation", "lmdb_dir", "annotations", "frame_cache",
+    "test_data_root", "test_annotations", "frame_cache_size", "support_cache_size_mb"})
+
+
 def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                          args: argparse.Namespace) -> argparse.Namespace:
-    """Under ``--resume`` the run's saved arguments come back; flags typed now still win
-    (e.g. ``--epochs 40`` to extend a finished run). ``args.resume`` becomes the ``last.pt`` path."""
+    """Under ``--resume`` the run's saved arguments come back; flags typed now still win where a
+    resumed run may change them (:data:`RESUMABLE`, e.g. ``--epochs 40`` to extend a finished run). A
+    typed flag that would change the model, the data or the optimization stops with one line naming it
+    (exit 2), before anything is written. ``args.resume`` becomes the ``last.pt`` path."""
     import os
     from src.training.checkpoint import load_checkpoint
 
@@ -146,7 +157,13 @@ def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
     if os.path.isdir(path):
         path = os.path.join(path, "last.pt")
     saved = load_checkpoint(path).get("args") or {}
-    merged = {**vars(args), **saved, **explicit_args(parser, argv)}
+    typed = explicit_args(parser, argv)
+    conflicts = [f"--{k.replace('_', '-')} {typed[k]!r} (the run has {saved[k]!r})" for k in sorted(typed)
+                 if k in saved and k not in RESUMABLE and typed[k] != saved[k]]
+    if conflicts:
+        raise DataError(f"{path}: a resumed run keeps the arguments it started with; these differ: "
+                        f"{', '.join(conflicts)}. Start a new run for them", param="resume")
+    merged = {**vars(args), **saved, **typed}
     merged["resume"] = path
     return argparse.Namespace(**merged)
 

@@ -55,3 +55,25 @@ def test_ocr_demo_defaults_and_typed_flags_win():
     plain = parse_args(build_parser(""), [])  # VietOCR's training without --demo
     assert (plain.model_size, plain.ctc_weight, plain.label_smoothing, plain.base_lr, plain.batch_size) == \
         ("full", 0.0, 0.1, 3e-4, 32)
+
+
+def test_resume_takes_only_flags_that_do_not_change_the_run(tmp_path):
+    """--epochs, --device, paths: taken; --image-size (the data) or --model (the model): one line naming them."""
+    import pytest
+    import torch
+
+    from src import cli
+    from src.errors import DataError
+
+    saved = vars(parse_args(build_parser(R18), ["--image-size", "64", "--epochs", "3"]))
+    torch.save({"model": {}, "args": saved}, tmp_path / "last.pt")
+    parser = build_parser(R18)
+    ok = parse_args(parser, ["--resume", str(tmp_path), "--epochs", "9", "--num-workers", "0", "--device", "cpu"])
+    assert (ok.epochs, ok.image_size, ok.num_workers, ok.resume) == (9, 64, 0, str(tmp_path / "last.pt"))
+    same = parse_args(parser, ["--resume", str(tmp_path), "--image-size", "64"])     # typed but unchanged
+    assert same.image_size == 64
+    with pytest.raises(DataError) as info:
+        parse_args(parser, ["--resume", str(tmp_path), "--image-size", "96", "--model", "ResNet18_CA"])
+    assert info.value.param == "resume" and "--image-size 96 (the run has 64), --model 'ResNet18_CA' (the run has " \
+        "'ResNet18_Hybrid')" in str(info.value)
+    assert cli.run_main(lambda argv: parse_args(parser, argv), ["--resume", str(tmp_path), "--seed", "1"]) == 2

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from src.data.loading import DataWarnings
-from src.errors import TrainingError
+from src.errors import DataError, TrainingError
 from src.training import distributed as D
 from src.training.evaluate import evaluate, to_device
 from src.training.checkpoint import (FORMAT_VERSION, atomic_json_dump, atomic_torch_save, capture_rng_state,
@@ -167,6 +167,13 @@ class TrainState:
 
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)
+        saved_steps = (ckpt.get("scheduler") or {}).get("total_steps")
+        new_steps = getattr(self.scheduler, "total_steps", None)
+        if saved_steps is not None and new_steps is not None and saved_steps != new_steps:
+            # OneCycleLR: its warm-up and annealing were laid out for the original length
+            raise DataError(f"{path}: this run's one-cycle schedule has {saved_steps} optimizer steps; the resumed "
+                            f"run would need {new_steps} (another number of epochs or steps per epoch). A one-cycle "
+                            f"schedule cannot be stretched: start a new run for a longer one", param="epochs")
         for key, obj in self._parts().items():
             if obj is not None and ckpt.get(key) is not None:
                 obj.load_state_dict(ckpt[key])

@@ -126,3 +126,24 @@ def test_annotation_without_tab_is_one_error_line(ocr_data, tmp_path):
                             files["valid"], *QUICK], tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"error: {bad}:2: expected 'relative/path<TAB>label', found no tab")
+
+
+def test_resume_refuses_what_it_cannot_continue_before_writing_anything(ocr_data, tmp_path):
+    """A finished one-cycle run cannot be extended, and a resumed run cannot change its model: one line
+    naming the flag, exit 2, and the run's files untouched (before: a traceback from the scheduler or
+    from load_state_dict)."""
+    root, files = ocr_data
+    run_script(OCR, data_args(root, files, ("train", "valid")) + QUICK + ["--epochs", "1", "--results-dir",
+                                                                          str(tmp_path / "res")], tmp_path)
+    (run,) = run_dirs(tmp_path / "res")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".json")}
+    longer = run_script(OCR, ["--resume", str(run), "--epochs", "2"], tmp_path, check=False)
+    assert longer.returncode == 2 and "Traceback" not in longer.stderr
+    last = longer.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --epochs: ") and "one-cycle schedule has" in last and "cannot be stretched" in last
+    other = run_script(OCR, ["--resume", str(run), "--model-size", "full", "--seed", "3"], tmp_path, check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: --resume: {run / 'last.pt'}: a resumed run keeps the arguments it started with; these differ: "
+        "--model-size 'full' (the run has 'small'), --seed 3 (the run has 42). Start a new run for them")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".json")} == before
