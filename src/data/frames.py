@@ -8,6 +8,7 @@ seek lands on the previous keyframe and decodes forward again, so a GOP of 250 f
 to 250 times. Written per video::
 
     CACHE/<video_id>/<frame:06d>.jpg   every annotated frame + ``background_frames`` random others
+    CACHE/<video_id>/.lock             a writer's lock (``flock``): concurrent extractions take turns
     CACHE/<video_id>/index.json        written LAST, atomically:
         {"video_id", "video_path", "num_frames" (counted while decoding), "width", "height", "fps",
          "frames": {"<frame>": [[x1, y1, x2, y2], ...]}   annotated frames that exist, boxes clipped
@@ -33,6 +34,7 @@ frames so far are kept), ``unreadable_video`` (cannot be opened or its first fra
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -40,6 +42,7 @@ import logging
 import os
 import random
 import time
+from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, Iterator, Sequence
 
@@ -214,19 +217,47 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def _video_lock(folder: str) -> Iterator[None]:
+    """An exclusive lock on one video's cache folder (``flock`` on ``.lock`` in it): two processes
+    extracting the same video (two runs, or the tool beside a run) take turns instead of deleting each
+    other's files; the second then finds the first one's cache up to date."""
+    with open(os.path.join(folder, ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _current(index_path: str, key: str) -> dict | None:
+    index = _load_index(index_path)
+    return index if index is not None and index.get("key") == key and index.get("version") == VERSION else None
+
+
 def extract_video_counted(record: VideoRecord, cache_dir: str, background_frames: int, seed: int, quality: int,
                           warnings: DataWarnings) -> tuple[dict | None, int, bool]:
     """(index or None when unreadable, JPEG files written, whether the video was decoded: False when
     its cache was current)."""
-    vid = record.video_id
-    folder = os.path.join(cache_dir, vid)
+    folder = os.path.join(cache_dir, record.video_id)
     index_path = os.path.join(folder, INDEX)
     key = _cache_key(record, background_frames, seed, quality)
-    index = _load_index(index_path)
-    if index is not None and index.get("key") == key and index.get("version") == VERSION:
-        _replay_warnings(index, warnings)
-        return {**index, "dir": folder}, 0, False
-    os.makedirs(folder, exist_ok=True)
+    index = _current(index_path, key)
+    if index is None:
+        os.makedirs(folder, exist_ok=True)
+        with _video_lock(folder):
+            index = _current(index_path, key)       # another process may have just finished it
+            if index is None:
+                return _extract_locked(record, folder, key, background_frames, seed, quality, warnings)
+    _replay_warnings(index, warnings)
+    return {**index, "dir": folder}, 0, False
+
+
+def _extract_locked(record: VideoRecord, folder: str, key: str, background_frames: int, seed: int, quality: int,
+                    warnings: DataWarnings) -> tuple[dict | None, int, bool]:
+    """Decode ``record`` into ``folder`` from scratch (the caller holds the folder's lock)."""
+    vid = record.video_id
+    index_path = os.path.join(folder, INDEX)
     # the index goes first: from here on the folder is "in progress" until the new index lands
     if os.path.exists(index_path):
         os.remove(index_path)

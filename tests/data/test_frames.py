@@ -40,7 +40,7 @@ def test_extraction_writes_annotated_and_background_frames(records, tmp_path):
     assert annotated == sorted(rec.boxes) and len(index["background"]) == 4
     assert not set(index["background"]) & set(rec.boxes)
     assert sorted(os.listdir(folder)) == sorted([f"{f:06d}.jpg" for f in annotated + index["background"]]
-                                                + ["index.json"])
+                                                + ["index.json", ".lock"])
     assert (index["num_frames"], index["width"], index["height"], index["fps"]) == (30, 128, 96, 25.0)
     stored = json.loads((folder / "index.json").read_text())
     assert stored == {k: v for k, v in index.items() if k != "dir"}
@@ -76,7 +76,7 @@ def test_second_run_does_no_work_and_lost_index_redoes_one_video(records, tmp_pa
     # other settings are another cache key: redone, and no stale background frame is left behind
     redone = X.extract_video(records[0], str(tmp_path), background_frames=5, seed=1)
     assert len(redone["background"]) == 5 and redone["key"] != indexes[records[0].video_id]["key"]
-    assert len(os.listdir(tmp_path / records[0].video_id)) == len(records[0].boxes) + 5 + 1
+    assert len(os.listdir(tmp_path / records[0].video_id)) == len(records[0].boxes) + 5 + 2   # + index, .lock
 
 
 def test_bad_input_is_counted(records, tmp_path):
@@ -123,3 +123,44 @@ def test_seek_reader_returns_the_same_frames(records):
     for f, img in got.items():
         assert np.array_equal(np.asarray(img), sequential[f])
     assert [i for i, _ in X.iter_video_frames(path, stride=7)] == [0, 7, 14, 21, 28]
+
+
+def test_two_extractions_of_one_video_at_once_take_turns(records, tmp_path, monkeypatch):
+    """Two processes (here threads) bring the same stale cache up to date at the same moment: before the
+    lock, both listed the folder and both deleted the same JPEGs, and one died with FileNotFoundError."""
+    import threading
+
+    cache = str(tmp_path / "fc")
+    X.extract_video(records[0], cache, background_frames=2)            # a cache that is about to go stale
+    folder = os.path.join(cache, records[0].video_id)
+    real_listdir, meet = os.listdir, threading.Barrier(2, timeout=3)
+
+    def listdir_then_meet(path):
+        names = real_listdir(path)
+        if os.path.abspath(path) == os.path.abspath(folder):
+            try:
+                meet.wait()          # both threads have listed the folder: they delete the same files next
+            except threading.BrokenBarrierError:
+                pass                 # with the lock, the other thread is still waiting for it
+        return names
+
+    monkeypatch.setattr(os, "listdir", listdir_then_meet)
+    results, errors = [], []
+
+    def extract():
+        try:
+            results.append(X.extract_video_counted(records[0], cache, 4, 0, 90, DataWarnings()))
+        except Exception as exc:       # noqa: BLE001 - what a concurrent writer used to raise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=extract) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(fresh for _, _, fresh in results) == [False, True]      # one decoded, the other found it done
+    (first, _, _), (second, _, _) = results
+    assert first == second and len(first["background"]) == 4
+    jpgs = sorted(n for n in real_listdir(folder) if n.endswith(".jpg"))
+    assert jpgs == sorted(f"{int(f):06d}.jpg" for f in [*first["frames"], *first["background"]])
