@@ -31,6 +31,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from src.data.text import read_text
 from src.errors import DataError
 from src.data.images import BadImage, load_rgb
 from src.data.loading import DataWarnings
@@ -68,13 +69,7 @@ def read_annotations(path: str) -> dict[str, dict[int, list[Box]]]:
     groups of a video merged, since the groups only mark visible segments). Raises
     :class:`DataError` with one line naming the file and the line/column (bad JSON) or the entry
     (wrong structure, duplicate video id)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the annotation file ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    text = read_text(path, "annotation file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -202,11 +197,7 @@ def read_aeroeyes(root: str, annotations: str | None, warnings: DataWarnings,
 
 
 def _read_split_file(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc})") from None
+    lines = read_text(path, "split file").splitlines()
     out: dict[str, str] = {}
     for lineno, line in enumerate(lines, 1):
         text = line.strip()

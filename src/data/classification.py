@@ -6,6 +6,7 @@ train/valid/test (``val`` and ``validation`` are read as valid). Whole-file prob
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from src.data.text import read_text
 from src.errors import DataError
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD, BadImage, load_rgb_tensor
 
@@ -28,8 +30,7 @@ def read_label2id(path: str) -> dict[str, int]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: label2id file not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            mapping = json.load(f)
+        mapping = json.loads(read_text(path, "label2id file"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     if not isinstance(mapping, dict) or not mapping:
@@ -45,7 +46,8 @@ def read_metadata(csv_path: str, label2id: dict[str, int], label2id_path: str = 
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: metadata file not found (build it with python -m src.tools.prepare_metadata)")
     try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(read_text(csv_path, "metadata file", "utf-8-sig")), dtype=str,
+                         keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{csv_path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]

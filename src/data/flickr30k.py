@@ -27,6 +27,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from src.data.loading import DataWarnings
+from src.data.text import NotUTF8, read_text
 from src.errors import DataError
 
 SPLIT_FILES = {"train": "train.txt", "valid": "val.txt", "test": "test.txt"}
@@ -136,8 +137,7 @@ def read_split_ids(root: str, split: str) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found (Flickr30k Entities layout: {', '.join(SPLIT_FILES.values())} "
                         f"of image ids under the dataset root)")
-    with open(path, encoding="utf-8") as f:
-        return [ln.strip() for ln in f if ln.strip()]
+    return [ln.strip() for ln in read_text(path, "split file").splitlines() if ln.strip()]
 
 
 def read_grounding_split(root: str, split: str, warnings: DataWarnings) -> list[GroundingSample]:
@@ -155,10 +155,12 @@ def read_grounding_split(root: str, split: str, warnings: DataWarnings) -> list[
             continue
         sentences = os.path.join(root, "Sentences", f"{image_id}.txt")
         try:
-            with open(sentences, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except OSError as exc:
-            warnings.add("bad_annotation", sentences, exc.strerror or str(exc))
+            lines = read_text(sentences, "caption file").splitlines()
+        except NotUTF8 as exc:
+            warnings.add(exc.reason, sentences, str(exc))
+            continue
+        except DataError as exc:
+            warnings.add("bad_annotation", sentences, str(exc))
             continue
         for lineno, line in enumerate(lines, 1):
             if not line.strip():

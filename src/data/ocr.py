@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
+from src.data.text import read_text
 from src.errors import DataError
 from src.data.images import BadImage, decode_rgb
 from src.data.loading import DataWarnings
@@ -63,11 +65,7 @@ class Vocab:
     @classmethod
     def from_file(cls, path: str) -> "Vocab":
         """A UTF-8 file holding the characters (line breaks are ignored; a space is a character)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                chars = f.read().replace("\r", "").replace("\n", "")
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read the vocabulary file ({exc.strerror})") from None
+        chars = read_text(path, "vocabulary file").replace("\r", "").replace("\n", "")
         try:
             return cls(chars)
         except ValueError as exc:
@@ -123,7 +121,8 @@ def read_annotations(path: str) -> list[AnnotationLine]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: annotation file not found")
     out = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    # newline="": lines split as the file reading did, labels keep every other character
+    with io.StringIO(read_text(path, "annotation file", "utf-8-sig"), newline="") as f:
         for n, raw in enumerate(f, start=1):
             text = raw.rstrip("\r\n")
             if not text.strip():
