@@ -1,7 +1,5 @@
 """Text inputs that are not UTF-8: one line naming the file, line and column (a whole-file input), or a
 counted skip (one caption file); before, a UnicodeDecodeError traceback ended the run."""
-
-
 import pytest
 
 from src.data.aeroeyes import read_annotations as read_aeroeyes_annotations
