@@ -15,20 +15,28 @@ are ``[x1, y1, x2, y2]`` in the XML's pixel coordinates.
 Bad input is counted, not fatal (``DataWarnings`` reasons): ``bad_markup`` (a caption whose markup
 does not parse: the caption is skipped), ``no_box`` (a phrase whose entity has no box: ``nobndbox``,
 scene, the non-visual entity 0, or absent from the XML), ``box_outside`` (a box clipped to the image),
-``zero_area_box`` (a box with no area after clipping: dropped), ``no_boxed_phrase`` (a caption with
-no phrase left: skipped), ``bad_annotation`` (an XML that does not parse: the image is skipped).
+``zero_area_box`` (a box with no area after clipping: dropped), ``bad_box`` (a coordinate that is not a
+finite number, e.g. ``nan``: the box is dropped), ``size_mismatch`` (the image's real size differs from
+the XML's ``<size>``, e.g. a resized copy: its boxes are rescaled to the real size), ``no_boxed_phrase``
+(a caption with no phrase left: skipped), ``bad_annotation`` (an XML that does not parse: the image is
+skipped), ``not_utf8`` (a caption file that is not UTF-8: the image is skipped).
 A missing split file or image folder is a :class:`DataError`.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from src.data.loading import DataWarnings
 from src.data.text import NotUTF8, read_text
 from src.errors import DataError
+
+ORIENTATION_TAG = 0x0112      # EXIF orientation; 5-8 swap width and height
 
 SPLIT_FILES = {"train": "train.txt", "valid": "val.txt", "test": "test.txt"}
 _HEADER = re.compile(r"/EN#(\d+)((?:/[^\s/\]]+)*)")
@@ -122,6 +130,9 @@ def clean_boxes(boxes: list[list[float]], width: int, height: int, key: str,
     """Clip boxes to the image (counted as ``box_outside``); drop those with no area left."""
     kept = []
     for x1, y1, x2, y2 in boxes:
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            warnings.add("bad_box", key, f"{[x1, y1, x2, y2]}")
+            continue
         c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
         if c != [x1, y1, x2, y2]:
             warnings.add("box_outside", key, f"{[x1, y1, x2, y2]} in a {width}x{height} image")
@@ -130,6 +141,29 @@ def clean_boxes(boxes: list[list[float]], width: int, height: int, key: str,
             continue
         kept.append(c)
     return kept
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of an image as :func:`src.data.images.load_rgb` will see it (EXIF orientation
+    applied), from its header alone; None when it cannot be opened (the dataset reports it then)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            rotated = img.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (h, w) if rotated else (w, h)
+
+
+def match_image_size(ann: ImageBoxes, real: tuple[int, int] | None, key: str, warnings: DataWarnings) -> None:
+    """Rescale ``ann``'s boxes (in place) to the image's real size when the XML's ``<size>`` differs,
+    counted as ``size_mismatch``: a resized copy of the dataset keeps its boxes on the objects."""
+    if real is None or real == (ann.width, ann.height):
+        return
+    warnings.add("size_mismatch", key, f"<size> {ann.width}x{ann.height}, image {real[0]}x{real[1]}: boxes rescaled")
+    sx, sy = real[0] / ann.width, real[1] / ann.height
+    ann.boxes = {e: [[x1 * sx, y1 * sy, x2 * sx, y2 * sy] for x1, y1, x2, y2 in boxes] for e, boxes in ann.boxes.items()}
+    ann.width, ann.height = real
 
 
 def read_split_ids(root: str, split: str) -> list[str]:
@@ -153,6 +187,7 @@ def read_grounding_split(root: str, split: str, warnings: DataWarnings) -> list[
         except (OSError, ValueError) as exc:
             warnings.add("bad_annotation", xml, str(exc))
             continue
+        match_image_size(ann, image_size(os.path.join(root, "flickr30k_images", f"{image_id}.jpg")), xml, warnings)
         sentences = os.path.join(root, "Sentences", f"{image_id}.txt")
         try:
             lines = read_text(sentences, "caption file").splitlines()

@@ -71,3 +71,21 @@ def test_missing_split_file_or_folder_is_a_clear_error(dataset):
     (dataset / "Sentences").rmdir()
     with pytest.raises(DataError, match="Sentences: folder not found"):
         read_grounding_split(str(dataset), "train", DataWarnings())
+
+
+def test_a_nan_coordinate_and_a_resized_image_are_counted(dataset):
+    """A ``nan`` box is dropped as ``bad_box`` (before: kept, then whole batches were skipped as
+    non-finite losses); an image resized after annotation gets its boxes rescaled, as
+    ``size_mismatch`` (before: wrong boxes, no warning)."""
+    from PIL import Image
+
+    xml = dataset / "Annotations" / "100.xml"
+    xml.write_text(XML.format(id=100).replace("<xmin>200</xmin>", "<xmin>nan</xmin>"))
+    Image.new("RGB", (250, 187)).save(dataset / "flickr30k_images" / "100.jpg")   # half of the XML's 500x375
+    warnings = DataWarnings()
+    first, second = read_grounding_split(str(dataset), "train", warnings)
+    sx, sy = 250 / 500, 187 / 375
+    assert first.boxes == [[[10 * sx, 20 * sy, 110 * sx, 220 * sy]],              # the nan box is gone
+                           [[300 * sx, 100 * sy, 250, 300 * sy]]]                 # clipped to the real width
+    counts = warnings.counts()
+    assert counts["bad_box"] == 1 and counts["size_mismatch"] == 1
