@@ -160,9 +160,14 @@ def build_lmdb(annotation_file: str, data_root: str, cache_dir: str) -> str:
     final = os.path.join(cache_dir, f"{name}-{cache_key(annotation_file, data_root)}")
     if os.path.isfile(os.path.join(final, "data.mdb")):
         return final
-    os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{final}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp)
+    except OSError as exc:      # a read-only data root: the cache must go elsewhere
+        raise DataError(f"{cache_dir}: cannot write the LMDB cache there ({exc.strerror or exc}); give a "
+                        f"writable folder", param="lmdb_dir") from None
     sizes = [_file_size(os.path.join(data_root, ln.path)) for ln in lines]
     env = lmdb.open(tmp, map_size=2 * sum(sizes) + (64 << 20), subdir=True)
     skipped: dict[str, list[str]] = {}

@@ -58,8 +58,9 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 from torchvision import tv_tensors
 
 from src.data.aeroeyes import VideoRecord
-from src.data.images import PAD_VALUE, BadImage, image_to_tensor, letterbox, load_rgb
 from src.data.frames import BadVideo, VideoReader, frame_to_pil
+from src.data.images import PAD_VALUE, BadImage, image_to_tensor, letterbox, load_rgb
+from src.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ class EpisodeSampler(Sampler[list[EpisodeItem]]):
         self.video_items = dataset.video_items
         self.eligible = [v for v, (ann, _) in enumerate(self.video_items) if ann]
         if not self.eligible:
-            raise ValueError("no video has an annotated frame in the frame cache: nothing to train on")
+            raise DataError("no training video has an annotated frame in the frame cache (all missing, past the "
+                            "video's end or outside the frame): nothing to train on")
         if n_way > len(self.eligible):
             log.warning("n_way %d > %d videos with annotated frames: using %d", n_way, len(self.eligible),
                         len(self.eligible))

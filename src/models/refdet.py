@@ -34,6 +34,7 @@ from torch import nn
 
 from torchvision.ops import nms
 
+from src.errors import DataError
 from src.losses.refdet import decode_boxes
 from src.models.layers.yolo import ConvBNSiLU, YOLOv8Backbone, YOLOv8PAN
 from src.models.timm_features import create_timm_model
@@ -433,8 +434,8 @@ def build_refdet_model(dino_model: str = "vit_small_patch16_dinov3", support_siz
                        pretrained_weights: str | None = None, support_cache_mb: float = 0.0,
                        siamese: bool = True) -> RefDetModel:
     if siamese and support_size % 32:
-        raise ValueError(f"support_size must be a multiple of 32 (the detector's stride) with the siamese "
-                         f"prototype, got {support_size}")
+        raise DataError(f"must be a multiple of 32 (the detector's stride) with the siamese prototype, got "
+                        f"{support_size}", param="support_size")
     model = RefDetModel(dino_model, support_size, freeze_dino_layers, width, depth, fusion, embed_dim, reg_max,
                         pretrained=pretrained, pretrained_weights=pretrained_weights, siamese=siamese)
     if support_cache_mb > 0:

@@ -28,9 +28,13 @@ def create_timm_model(timm_name: str, pretrained: bool = False, pretrained_weigh
     if pretrained_weights:
         if not os.path.isfile(pretrained_weights):
             raise DataError(f"file not found: {pretrained_weights}", param="pretrained_weights")
-        return timm.create_model(timm_name, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained_weights)),
-                                 **kwargs)
+        try:
+            return timm.create_model(timm_name, pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=os.path.abspath(pretrained_weights)), **kwargs)
+        except Exception as exc:  # a truncated file, another model's weights, a pickle weights_only refuses
+            detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+            raise DataError(f"{pretrained_weights}: not usable weights for timm model '{timm_name}' "
+                            f"({type(exc).__name__}: {detail[:200]})", param="pretrained_weights") from None
     if not pretrained:
         return timm.create_model(timm_name, pretrained=False, **kwargs)
     try:

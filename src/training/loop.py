@@ -6,13 +6,14 @@ early stopping, atomic checkpoints, resume, seeding, DDP, progress and the run d
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -267,11 +268,12 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
     state.epoch = epoch
     is_best = stopper.update(row[task.monitor], epoch)
     if dist.is_main:
-        if is_best:
-            atomic_torch_save(_best_payload(eval_model if state.ema is not None else state.model, task, epoch,
-                                            row[task.monitor], args_record), os.path.join(run_dir, "best_model.pt"))
-        state.save(os.path.join(run_dir, "last.pt"), args_record)
-        atomic_json_dump(state.history, os.path.join(run_dir, "history.json"))
+        with _disk_full_explained(run_dir, epoch):
+            if is_best:
+                atomic_torch_save(_best_payload(eval_model if state.ema is not None else state.model, task, epoch,
+                                                row[task.monitor], args_record), os.path.join(run_dir, "best_model.pt"))
+            state.save(os.path.join(run_dir, "last.pt"), args_record)
+            atomic_json_dump(state.history, os.path.join(run_dir, "history.json"))
     metrics_txt = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_"))
     log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
              epoch, cfg.epochs, stats["loss"], metrics_txt, row["lr"], epoch_time, stats["data_time"],
@@ -281,6 +283,21 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
         log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
                  task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
     return stopper.should_stop
+
+
+@contextmanager
+def _disk_full_explained(run_dir: str, epoch: int):
+    """A full disk while saving: the atomic writes left every file as it was, so say which checkpoint
+    is the last good one instead of an ``OSError`` traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        last = os.path.join(run_dir, "last.pt")
+        good = f"{last} (epoch {epoch - 1})" if epoch > 1 and os.path.isfile(last) else "none yet"
+        raise TrainingError(f"disk full while saving epoch {epoch} in {run_dir}; nothing was overwritten. Last good "
+                            f"checkpoint: {good}; free some space and resume the run") from None
 
 
 def _best_payload(model, task, epoch, value, args_record) -> dict:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
+from src.errors import DataError
 from src.training.checkpoint import atomic_json_dump
 
 log = logging.getLogger("src")
@@ -18,7 +19,11 @@ log = logging.getLogger("src")
 def create_run_dir(results_dir: str, name: str, now: _dt.datetime | None = None) -> str:
     """Make a fresh folder; ``os.mkdir`` fails if it exists, so two runs started in the same
     minute (even racing each other) get ``..._HHMM`` and ``..._HHMM_2``."""
-    os.makedirs(results_dir, exist_ok=True)
+    try:
+        os.makedirs(results_dir, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{results_dir}: cannot create the results folder ({exc.strerror or exc})",
+                        param="results_dir") from None
     stamp = (now or _dt.datetime.now()).strftime("%d_%m_%Y_%H%M")
     base = os.path.join(results_dir, f"{name}_{stamp}")
     for n in range(1, 10_000):
@@ -28,6 +33,9 @@ def create_run_dir(results_dir: str, name: str, now: _dt.datetime | None = None)
             return path
         except FileExistsError:
             continue
+        except OSError as exc:       # read-only, no permission, disk full
+            raise DataError(f"{results_dir}: cannot create a run directory there ({exc.strerror or exc})",
+                            param="results_dir") from None
     raise RuntimeError(f"could not create a run directory under {results_dir}")
 
 

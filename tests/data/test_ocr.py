@@ -135,3 +135,24 @@ def test_dataloader_workers_read_after_the_parent_has_read(tmp_path):
         loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate_lines,
                             multiprocessing_context="fork")
         assert [t for b in loader for t in b["text"]] == [f"dòng {i}" for i in range(6)]
+
+
+def test_an_unwritable_cache_folder_is_one_line_naming_the_cache_flag(tmp_path, monkeypatch):
+    """A read-only data root (simulated: the tests run as root) — before, an lmdb/OSError traceback."""
+    from src.data.demo_ocr import ensure_demo_ocr
+    from src.data.ocr import build_lmdb
+
+    files = ensure_demo_ocr(str(tmp_path / "ocr"), counts=(4, 2, 2))
+    real_makedirs = os.makedirs
+
+    def refuse(path, *args, **kwargs):
+        if ".lmdb_cache" in str(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", refuse)
+    cache = str(tmp_path / "ocr" / ".lmdb_cache")
+    with pytest.raises(DataError) as info:
+        build_lmdb(files["train"], str(tmp_path / "ocr"), cache)
+    assert info.value.param == "lmdb_dir"
+    assert str(info.value) == f"{cache}: cannot write the LMDB cache there (Permission denied); give a writable folder"

@@ -276,3 +276,14 @@ def test_video_truth(demo):
     rec = demo[0][0]
     truth = video_truth(rec)
     assert sorted(truth) == sorted(rec.boxes) and all(truth[f] == [list(b) for b in rec.boxes[f]] for f in truth)
+
+
+def test_no_annotated_frame_to_train_on_is_one_data_error():
+    """Before: a ValueError traceback from the sampler."""
+    from types import SimpleNamespace
+
+    from src.errors import DataError
+
+    frames = SimpleNamespace(video_items=[([], [0, 1]), ([], [2])])     # only background frames cached
+    with pytest.raises(DataError, match="nothing to train on"):
+        EpisodeSampler(frames, n_way=2, n_query=2, n_background=1, n_episodes=4)

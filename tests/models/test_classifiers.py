@@ -84,3 +84,16 @@ def test_param_groups_head_lr_for_new_parts_and_no_decay_on_norms_biases():
     heads = {n for g in groups if g["lr"] == 1e-3 for p in g["params"] for n in [name_of[id(p)]]}
     assert any(n.startswith("blocks.0.ca") for n in heads) and any(n.startswith("blocks.1.attn") for n in heads)
     assert "classifier.weight" in heads
+
+
+def test_a_bad_pretrained_weights_file_is_one_line_naming_it(tmp_path):
+    """Before: timm's loader raised from inside its state-dict code."""
+    from src.errors import DataError
+    from src.models.timm_features import create_timm_model
+
+    bad = tmp_path / "resnet18.pth"
+    bad.write_bytes(b"half a download")
+    with pytest.raises(DataError) as info:
+        create_timm_model("resnet18", pretrained_weights=str(bad))
+    assert info.value.param == "pretrained_weights" and "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{bad}: not usable weights for timm model 'resnet18'")

@@ -141,3 +141,11 @@ def test_the_reference_pass_leaves_the_detectors_batchnorm_statistics_alone():
     assert torch.equal(bn.running_mean, before) and model.backbone.training and bn.training
     model.features(images)                       # query frames: statistics move
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_a_support_size_the_detector_cannot_take_names_its_parameter():
+    from src.errors import DataError
+
+    with pytest.raises(DataError, match="multiple of 32") as info:
+        build_refdet_model(support_size=40, freeze_dino_layers=12, embed_dim=16)
+    assert info.value.param == "support_size"          # the CLI prints it as --support-size

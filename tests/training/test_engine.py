@@ -156,3 +156,25 @@ def test_to_device_moves_tensors_at_any_depth():
     moved = to_device(batch, torch.device("meta"))
     assert moved["image"].is_meta and moved["targets"][0]["boxes"].is_meta and moved["n"][0].is_meta
     assert moved["ids"] == ["a"] and moved["n"][1] == 3
+
+
+def test_a_full_disk_while_saving_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Epoch 2's save hits ENOSPC: one TrainingError line, and last.pt still holds epoch 1 intact."""
+    import errno
+
+    from src.training import loop
+
+    real_save, calls = loop.atomic_torch_save, []
+
+    def save(obj, path):
+        calls.append(path)
+        if len(calls) > 2:            # epoch 1 wrote best_model.pt and last.pt
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(loop, "atomic_torch_save", save)
+    with pytest.raises(TrainingError) as info:
+        _fit(tmp_path, Regression())
+    assert str(info.value) == (f"disk full while saving epoch 2 in {tmp_path}; nothing was overwritten. Last good "
+                               f"checkpoint: {tmp_path / 'last.pt'} (epoch 1); free some space and resume the run")
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1

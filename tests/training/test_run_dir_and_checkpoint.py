@@ -85,3 +85,17 @@ def test_run_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(("metrics.json", "last.pt", "train.log"), 0o666 & ~umask)
+
+
+def test_a_results_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """Read-only or not ours (the tests run as root, which writes anywhere: the refusal is simulated)."""
+    from src.errors import DataError
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(DataError) as info:
+        create_run_dir(str(tmp_path), "M")
+    assert info.value.param == "results_dir"
+    assert str(info.value) == f"{tmp_path}: cannot create a run directory there (Permission denied)"
