@@ -138,14 +138,25 @@ def read_annotations(path: str) -> list[AnnotationLine]:
     return out
 
 
-def cache_key(annotation_file: str, data_root: str) -> str:
-    """SHA-256 of the annotation file's bytes and the data root: names the LMDB folder."""
+def cache_key(annotation_file: str, data_root: str, stats: list[tuple[int, int] | None]) -> str:
+    """SHA-256 of the annotation file's bytes, the data root and every listed image's (size, mtime):
+    names the LMDB folder, so an image added, replaced or deleted since a cache was built gives a new
+    one (VietOCR reused stale caches)."""
     h = hashlib.sha256()
     with open(annotation_file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     h.update(b"\0" + os.path.abspath(data_root).encode())
+    h.update(json.dumps(stats).encode())
     return h.hexdigest()[:20]
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def build_lmdb(annotation_file: str, data_root: str, cache_dir: str) -> str:
@@ -155,9 +166,13 @@ def build_lmdb(annotation_file: str, data_root: str, cache_dir: str) -> str:
     """
     import lmdb
 
+    if not os.path.isdir(data_root):
+        raise DataError(f"{data_root}: folder not found (the annotation's image paths are relative to it)",
+                        param="data_root")
     lines = read_annotations(annotation_file)
+    stats = [_stat(os.path.join(data_root, ln.path)) for ln in lines]
     name = os.path.splitext(os.path.basename(annotation_file))[0]
-    final = os.path.join(cache_dir, f"{name}-{cache_key(annotation_file, data_root)}")
+    final = os.path.join(cache_dir, f"{name}-{cache_key(annotation_file, data_root, stats)}")
     if os.path.isfile(os.path.join(final, "data.mdb")):
         return final
     tmp = f"{final}.tmp-{os.getpid()}"
@@ -168,8 +183,7 @@ def build_lmdb(annotation_file: str, data_root: str, cache_dir: str) -> str:
     except OSError as exc:      # a read-only data root: the cache must go elsewhere
         raise DataError(f"{cache_dir}: cannot write the LMDB cache there ({exc.strerror or exc}); give a "
                         f"writable folder", param="lmdb_dir") from None
-    sizes = [_file_size(os.path.join(data_root, ln.path)) for ln in lines]
-    env = lmdb.open(tmp, map_size=2 * sum(sizes) + (64 << 20), subdir=True)
+    env = lmdb.open(tmp, map_size=2 * sum(st[0] for st in stats if st) + (64 << 20), subdir=True)
     skipped: dict[str, list[str]] = {}
     n = 0
     txn = env.begin(write=True)
@@ -204,13 +218,6 @@ def build_lmdb(annotation_file: str, data_root: str, cache_dir: str) -> str:
     log.info("LMDB cache %s: %d samples%s", final, n,
              f", skipped {sum(map(len, skipped.values()))} unreadable" if skipped else "")
     return final
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def augmentation() -> v2.Transform:

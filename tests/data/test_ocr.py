@@ -156,3 +156,28 @@ def test_an_unwritable_cache_folder_is_one_line_naming_the_cache_flag(tmp_path, 
         build_lmdb(files["train"], str(tmp_path / "ocr"), cache)
     assert info.value.param == "lmdb_dir"
     assert str(info.value) == f"{cache}: cannot write the LMDB cache there (Permission denied); give a writable folder"
+
+
+def test_the_cache_follows_the_images_and_a_missing_root_is_refused(tmp_path):
+    """An image that was missing at the first build and added later is read (before: the stale cache
+    kept it 'missing' forever); a data root that does not exist is an error, not an empty cache."""
+    from src.data.demo_ocr import ensure_demo_ocr
+    from src.data.ocr import build_lmdb
+
+    root = tmp_path / "ocr"
+    files = ensure_demo_ocr(str(root), counts=(4, 2, 2))
+    first = read_annotations(files["train"])[0].path
+    kept = (root / first).read_bytes()
+    (root / first).unlink()
+    cache = str(tmp_path / "cache")
+    before = build_lmdb(files["train"], str(root), cache)
+    warnings = DataWarnings()
+    assert len(OCRDataset(before, Vocab(VIETOCR_VOCAB), files["train"], warnings)) == 3
+    assert warnings.counts() == {"missing_file": 1}
+    (root / first).write_bytes(kept)                              # the user adds the image
+    after = build_lmdb(files["train"], str(root), cache)
+    assert after != before and len(OCRDataset(after, Vocab(VIETOCR_VOCAB), files["train"], DataWarnings())) == 4
+    assert build_lmdb(files["train"], str(root), cache) == after          # nothing changed: the same cache
+    with pytest.raises(DataError) as info:
+        build_lmdb(files["train"], str(tmp_path / "nowhere"), cache)
+    assert info.value.param == "data_root" and not (tmp_path / "nowhere").exists()
