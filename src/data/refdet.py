@@ -65,6 +65,7 @@ from src.errors import DataError
 log = logging.getLogger(__name__)
 
 K_SUPPORT = 3
+REFERENCE_DECODE_MIN = 1024   # reference photos larger than twice this are decoded at reduced scale
 MIN_VISIBLE = 0.5        # share of a box's area that must stay in view after augmentation
 # RGB channel orders for episode-consistent colour swaps (--permute-colours); 0 is the identity
 COLOUR_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
@@ -111,7 +112,8 @@ def load_support(record: VideoRecord, support_size: int, view: int = 0, augment_
     paths = [record.reference_paths[k % len(record.reference_paths)] for k in range(K_SUPPORT)]
     out = []
     for k, path in enumerate(paths):
-        image = TF.to_image(load_rgb(path))
+        # a reference photo straight from a phone (8000 px) is decoded near the resolution it is used at
+        image = TF.to_image(load_rgb(path, reduce_to=max(REFERENCE_DECODE_MIN, 4 * support_size)))
         if view > 0:
             # the global RNG is forked and reseeded so the draw is fixed and training randomness untouched
             with torch.random.fork_rng(devices=[]):

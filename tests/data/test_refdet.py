@@ -287,3 +287,31 @@ def test_no_annotated_frame_to_train_on_is_one_data_error():
     frames = SimpleNamespace(video_items=[([], [0, 1]), ([], [2])])     # only background frames cached
     with pytest.raises(DataError, match="nothing to train on"):
         EpisodeSampler(frames, n_way=2, n_query=2, n_background=1, n_episodes=4)
+
+
+def test_a_huge_reference_photo_is_decoded_near_the_size_it_is_used_at(tmp_path, monkeypatch):
+    """An 8000 px phone photo as a reference: decoded at reduced scale (before: in full, every
+    episode, most of an epoch's time); small photos decode exactly as before."""
+    import src.data.refdet as R
+    from src.data import images
+
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (4096, 3072), (120, 80, 40)).save(big, quality=80)
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (160, 120), (10, 200, 30)).save(small)
+    decoded = []
+    real = images.load_rgb
+
+    def spy(path, *args, **kwargs):
+        out = real(path, *args, **kwargs)
+        decoded.append((os.path.basename(path), out.size))
+        return out
+
+    monkeypatch.setattr(R, "load_rgb", spy)
+    record = VideoRecord("v", str(tmp_path / "none.mp4"), [str(big), str(small), str(small)])
+    support = R.load_support(record, 64)
+    assert support.shape == (3, 3, 64, 64)
+    sizes = dict(decoded)
+    assert sizes["big.jpg"] == (2048, 1536)                  # 1/2 scale: still >= 1024 on both sides
+    assert sizes["small.jpg"] == (160, 120)
+    assert torch.allclose(support[1], R.load_support(VideoRecord("v", "", [str(small)] * 3), 64)[0])
