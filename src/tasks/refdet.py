@@ -119,6 +119,8 @@ class RefDetTask(Task):
         zeros = torch.zeros(images.shape[0], dtype=torch.long, device=device)
         out = net.detect(images, self._supports[vid], zeros)
         truth, scale = self.truth.get(split, {}).get(vid, {}), item["scale"]
+        if item["last"]:
+            self._count_video_faults(vid, truth, item)
         gt, mask = _frame_targets([truth.get(f, []) for f in item["frames"]], scale, device)
         loss, _ = self._crit(device)(out, gt, mask, zeros)
         meter.add_loss(float(loss), images.shape[0])
@@ -129,6 +131,18 @@ class RefDetTask(Task):
             if len(samples) < 8 and (frame in truth or scores.numel() and scores[0] >= self.score_threshold) \
                     and frame % 7 == 0:
                 samples.append(self._sample(images[j], boxes, scores, gt[j][mask[j]], f"{vid} frame {frame}"))
+
+    def _count_video_faults(self, vid: str, truth: dict, item: dict) -> None:
+        """An evaluated video's annotated frames past its real end, and a decoder error that cut it short,
+        are counted as in training's frame cache (``frame_past_end``, ``truncated_video``)."""
+        past = sorted(f for f in truth if f >= item["num_frames_total"])
+        for f in past:
+            self.warnings.add("frame_past_end", f"{vid}/{f}", quiet=True)
+        if past:
+            log.warning("%s: %d annotated frame(s) at or past the video's end (%d frames; first %d): not scored",
+                        vid, len(past), item["num_frames_total"], past[0])
+        if item["truncated"]:
+            self.warnings.add("truncated_video", vid, item["truncated"])
 
     def _sample(self, image: torch.Tensor, boxes, scores, true_boxes, title: str):
         mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]

@@ -120,6 +120,8 @@ def test_bad_input_is_counted_or_one_error_line(refdet_root, tmp_path):
     entry = {e["video_id"]: e for e in ann}
     boxes = entry["train_00"]["annotations"][0]["bboxes"]
     boxes.append({"frame": 999, "x1": 10, "y1": 10, "x2": 30, "y2": 30})              # past the video's end
+    valid_boxes = entry["valid_00"]["annotations"][0]["bboxes"]
+    valid_boxes.append({"frame": 998, "x1": 10, "y1": 10, "x2": 30, "y2": 30})        # same, in a validation video
     boxes[0].update(x1=-500, x2=-400)                                                  # wholly outside the frame
     ann_path.write_text(json.dumps(ann))
     (root / "samples" / "train_01" / "object_images" / "img_3.jpg").unlink()           # 2 references left
@@ -129,7 +131,7 @@ def test_bad_input_is_counted_or_one_error_line(refdet_root, tmp_path):
                tmp_path)
     (run,) = run_dirs(tmp_path / "res")
     warnings = read_json(run / "metrics.json")["data_warnings"]
-    assert warnings["frame_past_end"] == 1 and warnings["box_outside_frame"] == 1
+    assert warnings["frame_past_end"] == 2 and warnings["box_outside_frame"] == 1     # training + validation
     assert warnings["fewer_than_3_references"] == 1 and warnings["unreadable_video"] == 1
     assert warnings["video_without_annotations"] == 1
 
