@@ -36,6 +36,10 @@ from src.training.task import Task
 log = logging.getLogger("src")
 
 
+# head outputs shared by every frame of a batch (the others are per frame, first dimension B)
+SHARED_OUTPUTS = ("anchors", "strides")
+
+
 # ----------------------------------------------------------------------------- task
 
 class RefDetTask(Task):
@@ -122,8 +126,7 @@ class RefDetTask(Task):
         if item["last"]:
             self._count_video_faults(vid, truth, item)
         gt, mask = _frame_targets([truth.get(f, []) for f in item["frames"]], scale, device)
-        loss, _ = self._crit(device)(out, gt, mask, zeros)
-        meter.add_loss(float(loss), images.shape[0])
+        meter.add(**self._frame_losses(out, [truth.get(f, []) for f in item["frames"]], scale, device))
         samples = self._samples[split]
         for j, (frame, (boxes, scores)) in enumerate(zip(item["frames"], postprocess(out))):
             meter.inner.update(vid, frame, truth.get(frame, []), to_original(boxes, scale, item["orig_size"]).cpu(),
@@ -131,6 +134,17 @@ class RefDetTask(Task):
             if len(samples) < 8 and (frame in truth or scores.numel() and scores[0] >= self.score_threshold) \
                     and frame % 7 == 0:
                 samples.append(self._sample(images[j], boxes, scores, gt[j][mask[j]], f"{vid} frame {frame}"))
+
+    def _frame_losses(self, out: dict, per_frame: list, scale: float, device: torch.device) -> dict[str, float]:
+        """The chunk's loss as the sum of each frame's own loss: the criterion normalizes by the targets
+        of what it is given, so a whole chunk at once would make ``valid_loss`` depend on how a video
+        is cut into chunks (``--batch-size``)."""
+        total = 0.0
+        for j, boxes in enumerate(per_frame):
+            frame = {k: (v if k in SHARED_OUTPUTS else v[j:j + 1]) for k, v in out.items()}
+            gt, mask = _frame_targets([boxes], scale, device)
+            total += float(self._crit(device)(frame, gt, mask, torch.zeros(1, dtype=torch.long, device=device))[0])
+        return {"loss_sum": total, "loss_weight": float(len(per_frame))}
 
     def _count_video_faults(self, vid: str, truth: dict, item: dict) -> None:
         """An evaluated video's annotated frames past its real end, and a decoder error that cut it short,

@@ -167,3 +167,28 @@ def test_predict_reports_and_skips_an_unreadable_video(refdet_root, tmp_path):
     assert sorted(sub) == sorted(p.name for p in (root / "samples").iterdir())
     assert sub["train_01"] == [] and all(sub[v] for v in sub if v != "train_01")     # threshold 0: every frame
     assert f"wrote {out} (5 videos, 1 unreadable)" in proc.stdout
+
+
+def test_valid_loss_does_not_depend_on_how_videos_are_chunked(refdet_root):
+    """The evaluation chunk is --batch-size frames; the criterion normalizes by the targets it is
+    given, so the loss is taken frame by frame (before: 3- and 8-frame chunks gave different losses)."""
+    from src.data.aeroeyes import read_aeroeyes, split_videos
+    from src.data.loading import DataWarnings
+    from src.data.refdet import VideoClips, video_truth
+    from src.losses.refdet import RefDetCriterion
+    from src.models.refdet import build_refdet_model
+    from src.tasks.refdet import RefDetTask
+    from src.training.evaluate import evaluate
+
+    records = read_aeroeyes(refdet_root, None, DataWarnings())
+    _, valid = split_videos(records, None, f"{refdet_root}/splits.txt", 0)
+    torch.manual_seed(0)
+    model = build_refdet_model(support_size=32, freeze_dino_layers=12, embed_dim=16)
+    cfg = {"image_size": 64, "support_size": 32, "model_name": "t"}
+    losses = []
+    for chunk in (3, 8):
+        task = RefDetTask(cfg, RefDetCriterion(), score_threshold=0.1)
+        task.truth = {"valid": {r.video_id: video_truth(r) for r in valid}}
+        out = evaluate(model, task, VideoClips(valid, 64, 32, chunk=chunk, stride=2), torch.device("cpu"), "valid")
+        losses.append(out["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
