@@ -89,6 +89,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return all_reduce_sum([float(flag)], device)[0] > 0
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s buffers (BatchNorm running statistics): DDP keeps parameters
+    equal, but each rank's last forward updated its own statistics from its own batch."""
+    if not is_dist():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src)
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

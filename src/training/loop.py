@@ -253,6 +253,9 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
             sampler.set_epoch(epoch)
     t0 = time.perf_counter()
     stats = _train_one_epoch(train_model, task, train_loader, state, autocast, cfg, device, dist, epoch)
+    # every rank validates the model rank 0 saves: the same parameters, and rank 0's BatchNorm statistics
+    for module in {id(m): m for m in (state.model, eval_model)}.values():
+        D.broadcast_buffers(module)
     valid = evaluate(eval_model, task, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid", autocast)
     epoch_time = time.perf_counter() - t0
     state.train_time += epoch_time

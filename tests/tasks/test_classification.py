@@ -138,7 +138,7 @@ def test_torchrun_two_ranks_reduces_metrics(demo_workdir, tmp_path):
     results = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(REPO / R18), *QUICK, "--device", "cpu", "--epochs", "1", "--train-limit", "32",
+                           str(REPO / R18), *QUICK, "--device", "cpu", "--epochs", "2", "--train-limit", "32",
                            "--valid-limit", "18", "--results-dir", str(results)],
                           cwd=demo_workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -164,3 +164,9 @@ def test_torchrun_two_ranks_reduces_metrics(demo_workdir, tmp_path):
     assert len(task._meters["valid"].arrays()[0]) == 18
     assert metrics["valid_acc"] == pytest.approx(full["acc"], abs=1e-9)
     assert metrics["valid_f1"] == pytest.approx(full["f1"], abs=1e-9)
+    # the per-epoch validation scored the model that was saved: every rank evaluated rank 0's BatchNorm
+    # statistics (before, each rank its own, and the best epoch's history disagreed with best_model.pt)
+    history = read_json(run / "history.json")
+    best = metrics["best_epoch"]
+    assert history["valid_loss"][best - 1] == pytest.approx(full["loss"], rel=1e-6)
+    assert history["valid_acc"][best - 1] == pytest.approx(metrics["valid_acc"], abs=1e-9)
