@@ -168,6 +168,14 @@ def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
     return argparse.Namespace(**merged)
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: under torchrun the ranks share the stream, and print()'s
+    separate newline lets their lines interleave."""
+    import sys
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_main(main, argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; whole-input errors become one line on stderr and exit code 2."""
     import sys
@@ -176,10 +184,10 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
         return int(main(argv) or 0)
     except DataError as exc:
         flag = f"--{exc.param.replace('_', '-')}: " if exc.param else ""
-        print(f"error: {flag}{exc}", file=sys.stderr)
+        _say(f"error: {flag}{exc}")
         return 2
     except TrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
         print("interrupted: last.pt holds the last finished epoch; continue with --resume RUN_DIR",

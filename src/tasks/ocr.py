@@ -209,10 +209,9 @@ def build_data(args, run: Run, vocab: Vocab, warnings: DataWarnings) -> dict:
         ann = getattr(args, f"{split}_annotation")
         if not ann:
             continue
-        # rank 0 builds; the others wait, then find it (build_lmdb returns an existing cache's path)
-        path = build_lmdb(ann, args.data_root, cache) if dist.is_main else None
-        D.barrier()
-        ds = OCRDataset(path or build_lmdb(ann, args.data_root, cache), vocab, ann, warnings, args.image_min_width,
+        # rank 0 builds; the others get its path (or its error)
+        path = D.on_rank0(lambda: build_lmdb(ann, args.data_root, cache))
+        ds = OCRDataset(path, vocab, ann, warnings, args.image_min_width,
                         args.image_max_width, augment=args.augment and split == "train",
                         unknown_char=args.unknown_char)
         limit = args.train_limit if split == "train" else args.valid_limit

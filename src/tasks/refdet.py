@@ -226,13 +226,9 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
         raise DataError(f"{args.data_root}: need at least one training and one validation video "
                             f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
     cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
-    # rank 0 extracts (and counts the warnings); the others read the finished indexes afterwards
-    indexes = (ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed, warnings)
-               if dist.is_main else None)
-    D.barrier()
-    if indexes is None:
-        indexes = ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed, DataWarnings(),
-                                     log_progress=False)
+    # rank 0 extracts (and counts the warnings); the others get its indexes (or its error)
+    indexes = D.on_rank0(lambda: ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed,
+                                                    warnings))
     train = [r for r in train if r.video_id in indexes]
     frames = RefDetFrames(train, indexes, args.image_size, args.support_size, args.support_views, augment=args.augment)
     sampler = EpisodeSampler(frames, args.n_way, args.n_query, args.n_background, args.n_episodes, args.support_views,

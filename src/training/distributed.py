@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from src.errors import DataError
+from src.errors import DataError, TrainingError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,30 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for buf in module.buffers():
         dist.broadcast(buf.data, src)
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 alone (building a cache, generating demo data, making the run directory);
+    every rank gets its result. When it raises :class:`DataError` or :class:`TrainingError`, every
+    rank raises the same error, so each exits with the same one line instead of the waiting ranks
+    dying on a closed connection."""
+    if not is_dist():
+        return fn()
+    payload: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [("ok", fn())]
+        except (DataError, TrainingError) as exc:
+            payload = [("error", type(exc) is TrainingError, str(exc), getattr(exc, "param", None))]
+        except BaseException:
+            payload = [("error", True, "rank 0 failed (its traceback is above)", None)]
+            dist.broadcast_object_list(payload, src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    if payload[0][0] == "ok":
+        return payload[0][1]
+    _, training, message, param = payload[0]
+    raise TrainingError(message) if training else DataError(message, param=param)
 
 
 def barrier() -> None:

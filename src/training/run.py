@@ -34,10 +34,11 @@ class Run:
     def prepare_demo(self, generate: Callable[[str], Any], root: str) -> None:
         """``--demo``: rank 0 generates the demo dataset into ``root`` (once; the generators keep a
         stamp), while the other ranks wait for it."""
-        if self.dist.is_main:
+        def make() -> None:
             log.info("demo data: %s", os.path.abspath(root))
             generate(root)
-        D.barrier()
+
+        D.on_rank0(make)
 
     def open_dir(self, results_dir: str, name: str, resume: str | None, record: dict[str, Any],
                  extra: dict[str, Any] | None = None) -> str:

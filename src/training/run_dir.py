@@ -83,10 +83,8 @@ def write_config(run_dir: str, args: dict[str, Any], extra: dict[str, Any]) -> N
 
 def prepare_run_dir(results_dir: str, name: str, resume: str | None, is_main: bool) -> str:
     """New run dir (rank 0 creates it, every rank learns its path), or the resumed run's own."""
-    from src.training.distributed import all_gather_objects
+    from src.training.distributed import on_rank0
 
     if resume:
-        path = os.path.dirname(os.path.abspath(resume))
-    else:
-        path = create_run_dir(results_dir, name) if is_main else None
-    return all_gather_objects(path)[0]
+        return os.path.dirname(os.path.abspath(resume))
+    return on_rank0(lambda: create_run_dir(results_dir, name))

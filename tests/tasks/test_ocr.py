@@ -147,3 +147,23 @@ def test_resume_refuses_what_it_cannot_continue_before_writing_anything(ocr_data
         f"error: --resume: {run / 'last.pt'}: a resumed run keeps the arguments it started with; these differ: "
         "--model-size 'full' (the run has 'small'), --seed 3 (the run has 42). Start a new run for them")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".json")} == before
+
+
+def test_under_torchrun_every_rank_stops_with_the_same_line(ocr_data, tmp_path):
+    """Rank 0 meets a whole-input error while building the cache; before, the waiting rank died on a
+    closed gloo connection and the real line was buried in its traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    root, files = ocr_data
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / OCR), "--data-root", str(tmp_path / "nowhere"), "--train-annotation",
+                           files["train"], "--valid-annotation", files["valid"], *QUICK, "--device", "cpu",
+                           "--results-dir", str(tmp_path / "res")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = f"error: --data-root: {tmp_path / 'nowhere'}: folder not found (the annotation's image paths are relative to it)"
+    assert proc.returncode != 0 and proc.stderr.splitlines().count(line) == 2, proc.stderr[-3000:]   # one per rank
+    assert "Connection" not in proc.stderr and "gloo" not in proc.stderr.lower()
+    assert not (tmp_path / "res").exists()
