@@ -170,3 +170,28 @@ def test_torchrun_two_ranks_reduces_metrics(demo_workdir, tmp_path):
     best = metrics["best_epoch"]
     assert history["valid_loss"][best - 1] == pytest.approx(full["loss"], rel=1e-6)
     assert history["valid_acc"][best - 1] == pytest.approx(metrics["valid_acc"], abs=1e-9)
+
+
+def test_two_node_rendezvous_writes_one_run(small_dataset, tmp_path):
+    """Two "nodes" on this machine (two torchrun agents, two processes each, gloo) meet through a c10d
+    rendezvous as machines on a network would: one run of world size 4, one run directory."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metadata, label2id = small_dataset
+    results = tmp_path / "res"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(n),
+                               "--nproc_per_node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", str(REPO / R18), "--metadata", metadata,
+                               "--label2id", label2id, "--image-size", "64", "--batch-size", "4", "--num-workers", "0",
+                               "--epochs", "1", "--device", "cpu", "--results-dir", str(results)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    (run,) = run_dirs(results)
+    assert read_json(run / "config.json")["world_size"] == 4
+    assert read_json(run / "metrics.json")["epochs_run"] == 1 and (run / "best_model.pt").is_file()
