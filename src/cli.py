@@ -55,6 +55,9 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--amp-dtype", choices=["fp16", "bf16"], default="fp16")
     add_flag(g, "--compile", action="store_true", help="torch.compile the model")
     add_flag(g, "--channels-last", action="store_true", help="NHWC memory format")
+    add_flag(g, "--sync-bn", action="store_true",
+             help="under torchrun on GPUs, SyncBatchNorm (statistics over the global batch); without it every "
+                  "rank validates rank 0's BatchNorm statistics")
     add_flag(g, "--seed", type=int, default=42)
     add_flag(g, "--deterministic", action="store_true",
              help="deterministic algorithms (slower; cuDNN benchmark off)")
@@ -108,7 +111,15 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     args = parse_with_demo_defaults(parser, argv, demo_defaults)
     if args.resume:
         args = restore_resumed_args(parser, argv, args)
+    if getattr(args, "sync_bn", False) and not _uses_cuda(args.device):
+        parser.error("--sync-bn needs CUDA devices (SyncBatchNorm); on CPUs every rank validates rank 0's "
+                     "BatchNorm statistics without it")
     return args
+
+
+def _uses_cuda(device: str) -> bool:
+    import torch
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def with_values(args: argparse.Namespace, **values: Any) -> argparse.Namespace:

@@ -77,3 +77,15 @@ def test_resume_takes_only_flags_that_do_not_change_the_run(tmp_path):
     assert info.value.param == "resume" and "--image-size 96 (the run has 64), --model 'ResNet18_CA' (the run has " \
         "'ResNet18_Hybrid')" in str(info.value)
     assert cli.run_main(lambda argv: parse_args(parser, argv), ["--resume", str(tmp_path), "--seed", "1"]) == 2
+
+
+def test_sync_bn_without_cuda_is_refused_at_parse_time(capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(SystemExit) as info:
+        parse_args(build_parser(R18), ["--sync-bn"])
+    assert info.value.code == 2 and "--sync-bn needs CUDA devices" in capsys.readouterr().err
+    assert parse_args(build_parser(R18), ["--sync_bn", "--device", "cuda"]).sync_bn is True

@@ -57,6 +57,7 @@ class TrainConfig:
     amp_dtype: str = "fp16"
     compile: bool = False
     channels_last: bool = False
+    sync_bn: bool = False            # SyncBatchNorm across DDP ranks (CUDA only)
     seed: int = 42
     deterministic: bool = False
     show_plot: bool = False
@@ -76,7 +77,8 @@ def build_train_config(args, **overrides) -> TrainConfig:
                       scheduler_tmax=args.scheduler_tmax, warmup_epochs=args.warmup_epochs,
                       patience=args.patience, grad_accum=max(1, args.grad_accum), clip_grad=args.clip_grad,
                       max_bad_steps=args.max_bad_steps, amp=args.amp, amp_dtype=args.amp_dtype,
-                      compile=args.compile, channels_last=args.channels_last, seed=args.seed,
+                      compile=args.compile, channels_last=args.channels_last, sync_bn=getattr(args, "sync_bn", False),
+                      seed=args.seed,
                       deterministic=args.deterministic, show_plot=args.plot,
                       ema_decay=getattr(args, "ema_decay", None))
     for k, v in overrides.items():
@@ -198,6 +200,11 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and dist.enabled:
+        if device.type != "cuda":
+            raise DataError("SyncBatchNorm works on CUDA devices only; on CPUs every rank validates rank 0's "
+                            "BatchNorm statistics without it", param="sync_bn")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)     # same parameters and state-dict keys
     state = _new_state(model, task, len(train_loader), cfg, device)
     if resume_from:
         state.load(resume_from)
