@@ -12,8 +12,6 @@ from typing import Any, Callable, Sequence
 from src.errors import DataError, TrainingError
 
 
-
-
 def add_flag(parser: argparse._ActionsContainer, name: str, **kwargs: Any) -> argparse.Action:
     """Add ``--some-flag`` together with its ``--some_flag`` alias."""
     names = [name]
@@ -189,8 +187,6 @@ def _say(line: str) -> None:
 
 def run_main(main, argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; whole-input errors become one line on stderr and exit code 2."""
-    import sys
-
     try:
         return int(main(argv) or 0)
     except DataError as exc:
@@ -201,6 +197,5 @@ def run_main(main, argv: Sequence[str] | None = None) -> int:
         _say(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted: last.pt holds the last finished epoch; continue with --resume RUN_DIR",
-              file=sys.stderr)
+        _say("interrupted: last.pt holds the last finished epoch; continue with --resume RUN_DIR")
         return 130

@@ -55,6 +55,16 @@ class DataWarnings:
         return {reason: len(keys) for reason, keys in sorted(self._seen.items()) if keys}
 
 
+def seeded_subset(size: int, limit: int | None, seed: int) -> list[int]:
+    """Indices of ``limit`` of ``size`` items drawn by a seeded shuffle, in their original order
+    (all of them when ``limit`` is None or not smaller): the ``--train-limit``/``--valid-limit`` choice
+    of the datasets without labels to stratify by."""
+    if not limit or limit >= size:
+        return list(range(size))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(size, generator=g)[:limit].tolist())
+
+
 def collate_skip_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the good samples; list the bad ones under ``"bad"`` as ``(key, reason)``.
 

@@ -211,9 +211,9 @@ class RefDetMeter(Meter):
         if self.with_map:
             out["map50"] = self.map50()
         if self.sweep:
-            sweep = self.threshold_sweep([round(0.05 * i, 2) for i in range(1, 20)])
-            best = max(sweep, key=sweep.get)
-            out["st_iou_best_threshold"], out["st_iou_at_best_threshold"] = best, sweep[best]
+            by_threshold = self.threshold_sweep([round(0.05 * i, 2) for i in range(1, 20)])
+            best = max(by_threshold, key=by_threshold.get)
+            out["st_iou_best_threshold"], out["st_iou_at_best_threshold"] = best, by_threshold[best]
         return out
 
 

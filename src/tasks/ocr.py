@@ -18,7 +18,7 @@ from torch import nn
 from src import cli
 from src.errors import DataError
 from src.data.demo_ocr import ensure_demo_ocr
-from src.data.loading import DataWarnings, make_loader
+from src.data.loading import DataWarnings, make_loader, seeded_subset
 from src.data.ocr import (EOS, IMAGE_HEIGHT, MASK, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab,
                           WidthBucketBatchSampler, build_lmdb, collate_lines)
 from src.metrics.ocr import OCRMeter
@@ -229,7 +229,6 @@ def build_data(args, run: Run, vocab: Vocab, warnings: DataWarnings) -> dict:
 
 def _limit(ds: OCRDataset, limit: int, seed: int) -> None:
     """Keep a seeded random ``limit`` lines (in their original order)."""
-    g = torch.Generator().manual_seed(seed)
-    keep = sorted(torch.randperm(len(ds), generator=g)[:limit].tolist())
+    keep = seeded_subset(len(ds), limit, seed)
     for attr in ("index", "texts", "widths", "keys"):
         setattr(ds, attr, [getattr(ds, attr)[i] for i in keep])

@@ -20,7 +20,7 @@ from src.data.demo_ovd import ensure_demo_ovd
 from src.data.flickr30k import read_grounding_split
 from src.data.grounding import GroundingDataset, collate_grounding, encode_words, to_pixels
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD
-from src.data.loading import DataWarnings, make_loader
+from src.data.loading import DataWarnings, make_loader, seeded_subset
 from src.errors import DataError
 from src.metrics.grounding import GroundingMeter
 from src.models.ovd import DEFAULT_BUCKETS, GroundingModel, build_grounding_model
@@ -210,9 +210,7 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
     for split in splits:
         samples = read_grounding_split(args.data_root, split, warnings)
         limit = args.train_limit if split == "train" else args.valid_limit
-        if limit and len(samples) > limit:
-            g = torch.Generator().manual_seed(args.seed)
-            samples = [samples[i] for i in sorted(torch.randperm(len(samples), generator=g)[:limit].tolist())]
+        samples = [samples[i] for i in seeded_subset(len(samples), limit, args.seed)]
         if not samples:
             raise DataError(f"{args.data_root}: the {split} split has no usable caption")
         ds = GroundingDataset(samples, os.path.join(args.data_root, "flickr30k_images"), args.image_size,

@@ -19,7 +19,7 @@ from src.data.aeroeyes import VideoRecord, read_aeroeyes, split_videos
 from src.data.demo_refdet import ensure_demo_refdet
 from src.data.frames import ensure_frame_cache
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD
-from src.data.loading import DataWarnings
+from src.data.loading import DataWarnings, seeded_subset
 from src.data.refdet import EpisodeSampler, RefDetFrames, VideoClips, collate_episode, video_truth
 from src.errors import DataError
 from src.losses.refdet import RefDetCriterion
@@ -85,7 +85,7 @@ class RefDetTask(Task):
                                      torch.cat([mask, torch.zeros_like(mask)]), torch.cat([qv, negative]))
         return loss, int(batch["images"].shape[0])
 
-    # support-cache hit rate of the epoch that just trained (the loop calls this before validation)
+    # support-cache hit rate of the epoch that just trained (validation does not use the cache)
     def epoch_stats(self) -> dict[str, float]:
         if self.cache is None:
             return {}
@@ -125,8 +125,9 @@ class RefDetTask(Task):
         truth, scale = self.truth.get(split, {}).get(vid, {}), item["scale"]
         if item["last"]:
             self._count_video_faults(vid, truth, item)
-        gt, mask = _frame_targets([truth.get(f, []) for f in item["frames"]], scale, device)
-        meter.add(**self._frame_losses(out, [truth.get(f, []) for f in item["frames"]], scale, device))
+        per_frame = [truth.get(f, []) for f in item["frames"]]
+        meter.add(loss_sum=self._frame_loss_sum(out, per_frame, scale, device), loss_weight=float(len(per_frame)))
+        gt, mask = _frame_targets(per_frame, scale, device)
         samples = self._samples[split]
         for j, (frame, (boxes, scores)) in enumerate(zip(item["frames"], postprocess(out))):
             meter.inner.update(vid, frame, truth.get(frame, []), to_original(boxes, scale, item["orig_size"]).cpu(),
@@ -135,7 +136,7 @@ class RefDetTask(Task):
                     and frame % 7 == 0:
                 samples.append(self._sample(images[j], boxes, scores, gt[j][mask[j]], f"{vid} frame {frame}"))
 
-    def _frame_losses(self, out: dict, per_frame: list, scale: float, device: torch.device) -> dict[str, float]:
+    def _frame_loss_sum(self, out: dict, per_frame: list, scale: float, device: torch.device) -> float:
         """The chunk's loss as the sum of each frame's own loss: the criterion normalizes by the targets
         of what it is given, so a whole chunk at once would make ``valid_loss`` depend on how a video
         is cut into chunks (``--batch-size``)."""
@@ -144,7 +145,7 @@ class RefDetTask(Task):
             frame = {k: (v if k in SHARED_OUTPUTS else v[j:j + 1]) for k, v in out.items()}
             gt, mask = _frame_targets([boxes], scale, device)
             total += float(self._crit(device)(frame, gt, mask, torch.zeros(1, dtype=torch.long, device=device))[0])
-        return {"loss_sum": total, "loss_weight": float(len(per_frame))}
+        return total
 
     def _count_video_faults(self, vid: str, truth: dict, item: dict) -> None:
         """An evaluated video's annotated frames past its real end, and a decoder error that cut it short,
@@ -204,10 +205,7 @@ def _valid_spec(value: str):
 
 
 def _limit(records: list[VideoRecord], limit: int | None, seed: int) -> list[VideoRecord]:
-    if not limit or len(records) <= limit:
-        return records
-    g = torch.Generator().manual_seed(seed)
-    return [records[i] for i in sorted(torch.randperm(len(records), generator=g)[:limit].tolist())]
+    return [records[i] for i in seeded_subset(len(records), limit, seed)]
 
 
 def build_data(args, run: Run, warnings: DataWarnings) -> dict:
@@ -224,7 +222,7 @@ def build_data(args, run: Run, warnings: DataWarnings) -> dict:
     train, valid = _limit(train, args.train_limit, args.seed), _limit(valid, args.valid_limit, args.seed)
     if not train or not valid:
         raise DataError(f"{args.data_root}: need at least one training and one validation video "
-                            f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
+                        f"(got {len(train)} and {len(valid)}); see --valid-videos / --split-file")
     cache_dir = args.frame_cache or os.path.join(records[0].root, "frame_cache")
     # rank 0 extracts (and counts the warnings); the others get its indexes (or its error)
     indexes = D.on_rank0(lambda: ensure_frame_cache(train, cache_dir, args.background_frames, args.frame_cache_seed,

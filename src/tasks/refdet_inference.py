@@ -36,19 +36,16 @@ def load_for_inference(weights: str, device: torch.device) -> tuple[RefDetModel,
 
 
 @torch.no_grad()
-def detect_video(model: RefDetModel, clips, device: torch.device, threshold: float,
-                 warnings: DataWarnings | None = None) -> dict[int, list]:
-    """{frame: [box xyxy original pixels]} of one video's VideoClips chunks (top-1 per frame >= threshold).
-
-    A video that cannot be read (or whose reference photos cannot) is counted in ``warnings`` and gives
-    the frames found before the failure (none for a video that does not open)."""
+def detect_video(model: RefDetModel, clips, device: torch.device,
+                 threshold: float) -> tuple[dict[int, list], list[tuple[str, str]]]:
+    """({frame: [box xyxy original pixels]}, problems) of one video's VideoClips chunks (top-1 per frame
+    >= threshold). ``problems`` lists ``(key, reason)`` when the video (or its reference photos) could
+    not be read; ``found`` then holds the frames detected before the failure."""
     found: dict[int, list] = {}
     support = None
     for item in clips:
         if not usable(item):
-            if warnings is not None:
-                warnings.add_many(item["bad"])
-            break
+            return found, item["bad"]
         if item["support"] is not None:
             support = model.encode_support(item["support"][None].to(device))
         images = item["images"].to(device)
@@ -56,7 +53,7 @@ def detect_video(model: RefDetModel, clips, device: torch.device, threshold: flo
         for frame, (boxes, scores) in zip(item["frames"], postprocess(out, max_det=1, min_score=threshold)):
             if scores.numel():
                 found[frame] = to_original(boxes[:1], item["scale"], item["orig_size"]).cpu().tolist()
-    return found
+    return found, []
 
 
 def write_preview(video_path: str, found: dict[int, list], out_path: str, fps: float = 25.0) -> None:
@@ -104,14 +101,13 @@ def _predict(args, threshold_typed: bool, device: torch.device) -> int:
         t0 = time.perf_counter()
         clips = VideoClips([rec], cfg["image_size"], cfg["support_size"], stride=args.frame_stride,
                            chunk=args.batch_size)
-        before = warnings.counts()
-        found = detect_video(model, clips, device, threshold, warnings)
+        found, problems = detect_video(model, clips, device, threshold)
         found_all[rec.video_id] = found
-        if warnings.counts() != before:        # reported and skipped: the other videos still get their entry
+        if problems:        # reported and skipped: the other videos still get their entry
+            warnings.add_many(problems)
             failed += 1
-            problem = ", ".join(k for k, n in warnings.counts().items() if n != before.get(k, 0))
-            print(f"{rec.video_id}: skipped ({problem}); {len(found)} frames with the object before it failed",
-                  file=sys.stderr)
+            print(f"{rec.video_id}: skipped ({', '.join(reason for _, reason in problems)}); {len(found)} frames "
+                  f"with the object before it failed", file=sys.stderr)
             continue
         print(f"{rec.video_id}: {len(found)} frames with the object ({time.perf_counter() - t0:.1f} s)")
         if args.preview:

@@ -205,7 +205,8 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
             raise DataError("SyncBatchNorm works on CUDA devices only; on CPUs every rank validates rank 0's "
                             "BatchNorm statistics without it", param="sync_bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)     # same parameters and state-dict keys
-    state = _new_state(model, task, len(train_loader), cfg, device)
+    autocast, amp_dtype, scaler = autocast_factory(device, cfg.amp, cfg.amp_dtype)
+    state = _new_state(model, task, len(train_loader), cfg, scaler)
     if resume_from:
         state.load(resume_from)
         log.info("resumed from %s at epoch %d (best %s = %s at epoch %d)", resume_from, state.epoch,
@@ -217,7 +218,6 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
     if cfg.compile:
         train_model = torch.compile(train_model)
     eval_model = state.ema.module if state.ema is not None else (torch.compile(model) if cfg.compile else model)
-    autocast = autocast_factory(device, cfg.amp, cfg.amp_dtype)[0]
     stopped_early = state.stopper.should_stop
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if stopped_early:
@@ -226,16 +226,15 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
                                    device, dist, autocast, args_record)
     D.barrier()
     return _finish(model, task, valid_loader, dict(test_loaders or {}), cfg, run_dir, device, dist, state,
-                   stopped_early)
+                   stopped_early, autocast, amp_dtype)
 
 
-def _new_state(model: nn.Module, task: Task, batches: int, cfg: TrainConfig, device: torch.device) -> TrainState:
+def _new_state(model: nn.Module, task: Task, batches: int, cfg: TrainConfig, scaler) -> TrainState:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay),
                                   betas=cfg.betas, eps=cfg.eps)
     steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,
                                 cfg.scheduler_tmax, cfg.warmup_epochs, cfg.pct_start)
-    scaler = autocast_factory(device, cfg.amp, cfg.amp_dtype)[2]
     # an exponential moving average of the weights (timm's ModelEmaV3, with warm-up so short runs
     # average only recent steps) is what gets evaluated and saved: detectors trained from scratch
     # swing from epoch to epoch, their average does not (YOLOv5/v8 evaluate an EMA too)
@@ -261,8 +260,9 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
     t0 = time.perf_counter()
     stats = _train_one_epoch(train_model, task, train_loader, state, autocast, cfg, device, dist, epoch)
     # every rank validates the model rank 0 saves: the same parameters, and rank 0's BatchNorm statistics
-    for module in {id(m): m for m in (state.model, eval_model)}.values():
-        D.broadcast_buffers(module)
+    D.broadcast_buffers(state.model)
+    if state.ema is not None:
+        D.broadcast_buffers(state.ema.module)
     valid = evaluate(eval_model, task, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid", autocast)
     epoch_time = time.perf_counter() - t0
     state.train_time += epoch_time
@@ -410,12 +410,11 @@ def limit_batches(loader, limit: float | int | None):
 
 
 def _finish(model, task: Task, valid_loader, test_loaders: dict, cfg, run_dir, device, dist, state: TrainState,
-            stopped_early: bool) -> dict[str, Any]:
+            stopped_early: bool, autocast, amp_dtype) -> dict[str, Any]:
     """Reload the best weights, re-evaluate, measure, write ``metrics.json`` and the plots."""
     best_path = os.path.join(run_dir, "best_model.pt")
     if os.path.isfile(best_path):
         model.load_state_dict(load_checkpoint(best_path)["model"])
-    autocast, amp_dtype, _ = autocast_factory(device, cfg.amp, cfg.amp_dtype)
     final = {}
     for name, loader in {"valid": valid_loader, **test_loaders}.items():
         final.update({f"{name}_{k}": v for k, v in evaluate(model, task, loader, device, name, autocast).items()})

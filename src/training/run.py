@@ -27,10 +27,6 @@ class Run:
     device: torch.device
     dir: str | None = None
 
-    @property
-    def is_main(self) -> bool:
-        return self.dist.is_main
-
     def prepare_demo(self, generate: Callable[[str], Any], root: str) -> None:
         """``--demo``: rank 0 generates the demo dataset into ``root`` (once; the generators keep a
         stamp), while the other ranks wait for it."""
@@ -45,12 +41,14 @@ class Run:
         """The run directory: a new ``results_dir/<name>_<date>`` (rank 0 makes it, every rank learns
         its path), or the one holding the ``last.pt`` being resumed. A new run records ``record``
         (every resolved argument) and ``extra`` in ``config.json``; logging goes to its ``train.log``."""
-        self.dir = prepare_run_dir(results_dir, name, resume, self.dist.is_main)
+        self.dir = prepare_run_dir(results_dir, name, resume)
         setup_logging(self.dir, self.dist.is_main)
-        if resume and self.dist.is_main:
+        if not self.dist.is_main:
+            return self.dir
+        if resume:
             for stale in remove_stale_temp_files(self.dir):
                 log.info("removed %s, a checkpoint write the interrupted run did not finish", stale)
-        if self.dist.is_main and not resume:
+        else:
             write_config(self.dir, record, {"device": str(self.device), "world_size": self.dist.world_size,
                                             **(extra or {})})
         return self.dir

@@ -12,6 +12,7 @@ from typing import Any
 
 from src.errors import DataError
 from src.training.checkpoint import atomic_json_dump
+from src.training.distributed import on_rank0
 
 log = logging.getLogger("src")
 
@@ -81,10 +82,8 @@ def write_config(run_dir: str, args: dict[str, Any], extra: dict[str, Any]) -> N
     atomic_json_dump(config, os.path.join(run_dir, "config.json"))
 
 
-def prepare_run_dir(results_dir: str, name: str, resume: str | None, is_main: bool) -> str:
+def prepare_run_dir(results_dir: str, name: str, resume: str | None) -> str:
     """New run dir (rank 0 creates it, every rank learns its path), or the resumed run's own."""
-    from src.training.distributed import on_rank0
-
     if resume:
         return os.path.dirname(os.path.abspath(resume))
     return on_rank0(lambda: create_run_dir(results_dir, name))

@@ -57,7 +57,7 @@ class Task:
         raise NotImplementedError
 
     def epoch_stats(self) -> dict[str, float]:
-        """Figures added to each epoch's history row (called after training, before validation)."""
+        """Figures added to each epoch's history row (called once the epoch has trained and validated)."""
         return {}
 
     # --- evaluation ---------------------------------------------------------------------------
