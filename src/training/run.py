@@ -27,6 +27,10 @@ class Run:
     device: torch.device
     dir: str | None = None
 
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
     def prepare_demo(self, generate: Callable[[str], Any], root: str) -> None:
         """``--demo``: rank 0 generates the demo dataset into ``root`` (once; the generators keep a
         stamp), while the other ranks wait for it."""
@@ -42,8 +46,8 @@ class Run:
         its path), or the one holding the ``last.pt`` being resumed. A new run records ``record``
         (every resolved argument) and ``extra`` in ``config.json``; logging goes to its ``train.log``."""
         self.dir = prepare_run_dir(results_dir, name, resume)
-        setup_logging(self.dir, self.dist.is_main)
-        if not self.dist.is_main:
+        setup_logging(self.dir, self.is_main)
+        if not self.is_main:
             return self.dir
         if resume:
             for stale in remove_stale_temp_files(self.dir):
