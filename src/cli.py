@@ -21,11 +21,13 @@ def add_flag(parser: argparse._ActionsContainer, name: str, **kwargs: Any) -> ar
     return parser.add_argument(*names, **kwargs)
 
 
-def _str2bool_flag(parser, name: str, default: bool | None, help: str) -> None:
-    """``--flag`` / ``--no-flag`` pair (both spellings)."""
+def add_switch(parser: argparse._ActionsContainer, name: str, default: bool | None, help: str) -> None:
+    """An on/off switch: ``--flag`` / ``--no-flag``, each also spelled with underscores
+    (``--no_aux_loss``), as the seed recipes write them."""
     dest = name[2:].replace("-", "_")
-    add_flag(parser, name, dest=dest, action="store_true", default=default, help=help)
-    add_flag(parser, "--no-" + name[2:], dest=dest, action="store_false", help=argparse.SUPPRESS)
+    add_flag(parser, name, dest=dest, action="store_true", default=default, help=f"{help}; --no-{name[2:]} turns it off")
+    offs = dict.fromkeys(["--no-" + name[2:], "--no_" + dest, "--no-" + dest])    # argparse's own --no-x_y too
+    parser.add_argument(*offs, dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +51,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                   "(e.g. 0.9999; warmed up from 0, so short runs average recent steps); default off")
     add_flag(g, "--max-bad-steps", type=int, default=10,
              help="stop after this many non-finite losses in a row")
-    _str2bool_flag(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")
+    add_switch(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")
     add_flag(g, "--amp-dtype", choices=["fp16", "bf16"], default="fp16")
     add_flag(g, "--compile", action="store_true", help="torch.compile the model")
     add_flag(g, "--channels-last", action="store_true", help="NHWC memory format")

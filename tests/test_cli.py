@@ -89,3 +89,24 @@ def test_sync_bn_without_cuda_is_refused_at_parse_time(capsys):
         parse_args(build_parser(R18), ["--sync-bn"])
     assert info.value.code == 2 and "--sync-bn needs CUDA devices" in capsys.readouterr().err
     assert parse_args(build_parser(R18), ["--sync_bn", "--device", "cuda"]).sync_bn is True
+
+
+def _script_parsers():
+    import train_ovd
+    import train_yolov8n_refdet
+    return {m.__name__: m.build_parser() for m in (train_MobileNetV3_Small_BoT_Linear, train_ResNet18_Hybrid,
+                                                    train_vietocr, train_ovd, train_yolov8n_refdet)}
+
+
+def test_every_off_switch_has_its_underscore_spelling():
+    """The seeds type ``--no_augment``; every ``--no-x`` a script has must accept that spelling too."""
+    seen = 0
+    for name, parser in _script_parsers().items():
+        offs = {s for a in parser._actions for s in a.option_strings if s.startswith("--no")}
+        for s in [s for s in offs if s.startswith("--no-")]:
+            under = "--no_" + s[5:].replace("-", "_")
+            assert under in offs, f"{name}: {s} without {under}"
+            dest = next(a.dest for a in parser._actions if s in a.option_strings)
+            assert getattr(parser.parse_args([under]), dest) is False
+            seen += 1
+    assert seen >= 8   # amp x5, augment x3, aux-loss, siamese, ...

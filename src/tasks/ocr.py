@@ -134,8 +134,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--image-max-width", type=int, default=512)
     cli.add_flag(d, "--max-tokens", type=int, default=None,
                  help="dynamic batch size: about this many encoder positions (W/2 per line) per batch")
-    cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
-                 help="colour jitter, blur, perspective, invert on training lines")
+    cli.add_switch(d, "--augment", True,
+                   "colour jitter, blur, perspective, invert on training lines")
     cli.add_flag(d, "--masked-lm", type=float, nargs="?", const=0.05, default=0.0, metavar="P",
                  help="masked-LM corruption of decoder inputs (flag alone: 0.05)")
     m = p.add_argument_group("model")

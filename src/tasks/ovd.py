@@ -130,8 +130,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--demo-dir", default="data/demo/ovd", help="where --demo writes its dataset")
     cli.add_flag(d, "--image-size", type=int, default=224, help="square letterbox side")
     cli.add_flag(d, "--max-words", type=int, default=64, help="caption words read (longer captions are cut)")
-    cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
-                 help="horizontal flip (swapping left/right in captions) and colour jitter on training images")
+    cli.add_switch(d, "--augment", True,
+                   "horizontal flip (swapping left/right in captions) and colour jitter on training images")
     cli.add_flag(d, "--limit-val-batches", type=_limit_val, default=None, metavar="N|FRACTION",
                  help="per-epoch validation on N batches or a fraction (0.3); final metrics use the whole split")
     m = p.add_argument_group("model")
@@ -148,8 +148,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(m, "--fusion-heads", type=int, default=4)
     cli.add_flag(m, "--decoder-layers", type=int, default=3)
     cli.add_flag(m, "--num-queries", type=int, default=20)
-    cli.add_flag(m, "--aux-loss", action=argparse.BooleanOptionalAction, default=True,
-                 help="match and supervise every decoder layer's output")
+    cli.add_switch(m, "--aux-loss", True,
+                   "match and supervise every decoder layer's output")
     cli.add_flag(m, "--focal-weight", type=float, default=2.0)
     cli.add_flag(m, "--l1-weight", type=float, default=5.0)
     cli.add_flag(m, "--giou-weight", type=float, default=2.0)

@@ -55,11 +55,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--support-size", type=int, default=224, help="reference image side (multiple of the ViT patch)")
     cli.add_flag(d, "--support-views", type=int, default=4,
                  help="fixed augmented versions of each video's references (1 = no support augmentation)")
-    cli.add_flag(d, "--augment", action=argparse.BooleanOptionalAction, default=True,
-                 help="flips, scale/translate and colour jitter on query frames")
-    cli.add_flag(d, "--permute-colours", action=argparse.BooleanOptionalAction, default=False,
-                 help="per episode, reorder the RGB channels of a video's frames and its references alike (one of "
-                      "six orders), so few training objects cannot be memorized as the targets (on in --demo)")
+    cli.add_switch(d, "--augment", True,
+                   "flips, scale/translate and colour jitter on query frames")
+    cli.add_switch(d, "--permute-colours", False,
+                   "per episode, reorder the RGB channels of a video's frames and its references alike (one of "
+                   "six orders), so few training objects cannot be memorized as the targets (on in --demo)")
     cli.add_flag(d, "--n-way", type=int, default=2, help="videos per episode")
     cli.add_flag(d, "--n-query", type=int, default=4, help="annotated frames per video per episode")
     cli.add_flag(d, "--n-background", type=int, default=1, help="background frames per video per episode")
@@ -77,17 +77,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH", help="local timm weights file (implies --pretrained)")
     cli.add_flag(m, "--fusion", choices=["psalm", "cheaf"], default="psalm")
     cli.add_flag(m, "--embed-dim", type=int, default=128, help="prototype / anchor embedding width")
-    cli.add_flag(m, "--siamese", action=argparse.BooleanOptionalAction, default=True,
-                 help="also encode the references with the detector's own backbone (a prototype in the query "
-                      "features' space, added to the DINO one)")
+    cli.add_switch(m, "--siamese", True,
+                   "also encode the references with the detector's own backbone (a prototype in the query "
+                   "features' space, added to the DINO one)")
     cli.add_flag(m, "--support-cache-size-mb", type=float, default=200.0,
                  help="support-feature cache (frozen DINO part) in MB; 0 disables")
     cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
                  help="start a new run from another run's weights (best_model.pt / last.pt / run dir)")
     lo = p.add_argument_group("loss")
-    cli.add_flag(lo, "--swap-negatives", action=argparse.BooleanOptionalAction, default=True,
-                 help="also pair each training frame with another episode video's references, as an "
-                      "all-background example (teaches the detector to fire only on the referenced object)")
+    cli.add_switch(lo, "--swap-negatives", True,
+                   "also pair each training frame with another episode video's references, as an "
+                   "all-background example (teaches the detector to fire only on the referenced object)")
     cli.add_flag(lo, "--bbox-loss", choices=["ciou", "wiou"], default="ciou")
     cli.add_flag(lo, "--cls-loss", choices=["bce", "focal"], default="bce")
     cli.add_flag(lo, "--box-weight", type=float, default=7.5)
