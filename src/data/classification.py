@@ -102,13 +102,108 @@ def base_transform(image_size: int) -> v2.Compose:
     return v2.Compose([PadToSquare(), v2.Resize((image_size, image_size), antialias=True)])
 
 
-def augment_transform(train: bool) -> v2.Compose:
-    """Random part (train only) + float conversion and ImageNet normalisation."""
+@dataclass(frozen=True)
+class Augment:
+    """The training augmentation, timm's ``train.py`` flags by name. The defaults are this project's
+    pipeline before the flags existed (flips 0.5 both ways, rotation up to 15 degrees, colour jitter
+    0.2/0.2/0.2/0.02, no AutoAugment, no erasing), draw for draw.
+
+    Args:
+        hflip, vflip: probability of a horizontal / vertical flip.
+        rotation: maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
+        color_jitter: brightness, contrast, saturation[, hue] factors; one value ``s`` means
+            ``(s, s, s)`` without hue, as in timm's ``transforms_factory``.
+        auto_augment: timm policy string: ``rand-m9-mstd0.5-inc1`` (RandAugment, Cubuk et al. 2020,
+            https://arxiv.org/abs/1909.13719), ``original``/``v0``/``3a`` (AutoAugment, Cubuk et al. 2019),
+            ``augmix-m5-w4-d2`` (AugMix, Hendrycks et al. 2020); ``None`` for none.
+        reprob, remode, recount: random erasing (Zhong et al. 2020, https://arxiv.org/abs/1708.04896):
+            probability per image, fill (``const`` zeros, ``rand`` per-channel, ``pixel`` per-pixel normal
+            noise) and the maximum number of erased boxes.
+    Raises :class:`~src.errors.DataError` naming the flag (``param``) of a bad value.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotation: float = 15.0
+    color_jitter: tuple[float, ...] = (0.2, 0.2, 0.2, 0.02)
+    auto_augment: str | None = None
+    reprob: float = 0.0
+    remode: str = "pixel"
+    recount: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip", "reprob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(f"a probability must be in [0, 1], got {getattr(self, name)}", param=name)
+        if self.rotation < 0:
+            raise DataError(f"degrees must be >= 0, got {self.rotation}", param="rotation")
+        cj = tuple(self.color_jitter)
+        if len(cj) not in (1, 3, 4) or min(cj) < 0 or (len(cj) == 4 and cj[3] > 0.5):
+            raise DataError(f"give 1, 3 or 4 factors >= 0 (brightness contrast saturation [hue <= 0.5]), "
+                            f"got {' '.join(map(str, cj))}", param="color_jitter")
+        if self.remode not in ("const", "rand", "pixel"):
+            raise DataError(f"one of const, rand, pixel, got {self.remode!r}", param="remode")
+        if self.recount < 1:
+            raise DataError(f"must be >= 1, got {self.recount}", param="recount")
+        if self.auto_augment:
+            auto_augment_op(self.auto_augment, 224)     # a bad policy string fails here, at parse time
+
+
+def auto_augment_op(policy: str, image_size: int):
+    """timm's AutoAugment / RandAugment / AugMix op for ``policy`` (a PIL image in, a PIL image out),
+    with the hyper-parameters timm's ``create_transform`` gives it."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    hparams = dict(translate_const=int(image_size * 0.45),
+                   img_mean=tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN))
+    try:
+        if policy.startswith("rand"):
+            return rand_augment_transform(policy, hparams)
+        if policy.startswith("augmix"):
+            return augment_and_mix_transform(policy, {**hparams, "translate_pct": 0.3})
+        return auto_augment_transform(policy, hparams)
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:   # timm asserts on unknown sections
+        raise DataError(f"not a timm augmentation policy: {policy!r} ({exc}); e.g. rand-m9-mstd0.5-inc1, "
+                        f"original, v0, augmix-m5-w4-d2", param="aa") from None
+
+
+class OnPIL:
+    """Run a PIL-image op (timm's AutoAugment family) on a ``(3, H, W)`` uint8 tensor."""
+
+    def __init__(self, op) -> None:
+        self.op = op
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return TF.pil_to_tensor(self.op(TF.to_pil_image(img)))
+
+    def __repr__(self) -> str:
+        return f"OnPIL({self.op!r})"
+
+
+def augment_transform(train: bool, augment: Augment | None = None, image_size: int = 224) -> v2.Compose:
+    """Random part (train only) + float conversion and ImageNet normalisation; ``(3, S, S)`` uint8 in,
+    float out.
+
+    The default path stays torchvision v2 on uint8 tensors, in today's order, rather than timm's
+    ``create_transform``: that one starts with a random-resized crop on PIL images, draws differently and
+    would change every existing recipe's results. The options timm has and this pipeline lacked are
+    timm's own pieces, in the places timm puts them: AutoAugment after the flips (on PIL), random
+    erasing after normalisation. An op whose strength is 0 is left out (it would still draw).
+    """
     ops: list = []
+    a = augment or Augment()
     if train:
-        ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(15),
-                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02)]
+        ops += [v2.RandomHorizontalFlip(a.hflip)] if a.hflip > 0 else []
+        ops += [v2.RandomVerticalFlip(a.vflip)] if a.vflip > 0 else []
+        ops += [v2.RandomRotation(a.rotation)] if a.rotation > 0 else []
+        ops += [OnPIL(auto_augment_op(a.auto_augment, image_size))] if a.auto_augment else []
+        cj = tuple(a.color_jitter) * 3 if len(a.color_jitter) == 1 else tuple(a.color_jitter)
+        if any(cj):
+            ops += [v2.ColorJitter(*cj)]
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train and a.reprob > 0:
+        from timm.data.random_erasing import RandomErasing
+        ops += [RandomErasing(a.reprob, mode=a.remode, max_count=a.recount, device="cpu")]
     return v2.Compose(ops)
 
 
@@ -120,10 +215,10 @@ class ClassificationDataset(Dataset):
     """
 
     def __init__(self, paths: list[str], labels: list[int], image_size: int, train: bool,
-                 cache_images: bool = False) -> None:
+                 cache_images: bool = False, augment: Augment | None = None) -> None:
         self.paths, self.labels = list(paths), list(labels)
         self.base = base_transform(image_size)
-        self.augment = augment_transform(train)
+        self.augment = augment_transform(train, augment, image_size)
         self.cache = self.cached = None
         if cache_images:
             self.cache = torch.zeros(len(paths), 3, image_size, image_size, dtype=torch.uint8).share_memory_()
@@ -167,7 +262,9 @@ class ClassificationData:
 
 def build_classification_data(metadata: str, label2id_path: str, image_size: int, seed: int,
                               train_limit: int | None = None, valid_limit: int | None = None,
-                              cache_images: bool = False) -> ClassificationData:
+                              cache_images: bool = False, augment: Augment | None = None) -> ClassificationData:
+    """The splits of ``metadata``; the training split augments with ``augment`` (:class:`Augment`'s
+    defaults when ``None``)."""
     label2id = read_label2id(label2id_path)
     df = read_metadata(metadata, label2id, label2id_path)
     splits = {}
@@ -182,6 +279,7 @@ def build_classification_data(metadata: str, label2id_path: str, image_size: int
         labels = part["label"].tolist()
         keep = limit_indices(labels, limit, seed)
         splits[name] = ClassificationDataset([part["path"].iloc[i] for i in keep], [labels[i] for i in keep],
-                                             image_size, train=name == "train", cache_images=cache_images)
+                                             image_size, train=name == "train", cache_images=cache_images,
+                                             augment=augment)
     names = [name for name, _ in sorted(label2id.items(), key=lambda kv: kv[1])]
     return ClassificationData(splits["train"], splits["valid"], splits["test"], label2id, names)
