@@ -14,7 +14,8 @@ from typing import Sequence
 from src import cli
 from src.models.vietocr import build_vietocr
 from src.tasks import ocr
-from src.tasks.ocr_inference import predict_main
+from src.tasks.ocr_config import schedule
+from src.tasks.ocr_inference import init_from, predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
 
@@ -34,21 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = ocr.parse_args(build_parser(), argv)
-    if args.predict:
-        return predict_main(args)
     vocab = ocr.build_vocab(args)
+    if args.predict:
+        return predict_main(args, vocab)
     with start_run(args.device) as run:
         task = ocr.build_task(args, vocab)
         loaders = ocr.build_data(args, run, vocab, task.warnings)
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
         model = build_vietocr(args.arch, len(vocab), args.model_size, args.pretrained or bool(args.pretrained_weights),
                               args.pretrained_weights, grad_checkpointing=args.grad_checkpointing,
-                              ctc_head=args.ctc_weight > 0)
+                              ctc_head=args.ctc_weight > 0, model_kwargs=args.model_kwargs)
+        if args.init_from:      # e.g. VietOCR's published vgg_transformer.pth
+            init_from(model, args.init_from, vocab)
         run.open_dir(args.results_dir, ocr.model_name(args), args.resume, vars(args), {"vocab_size": len(vocab)})
         log.info("run dir %s | %s (%s params) | device %s x %d", run.dir, ocr.model_name(args),
                  f"{sum(p.numel() for p in model.parameters()):,}", run.device, run.dist.world_size)
         # VietOCR's optimizer: AdamW(0.9, 0.98, eps 1e-9) with OneCycle
-        cfg = build_train_config(args, betas=(0.9, 0.98), eps=1e-9, pct_start=args.pct_start)
+        cfg = build_train_config(args, betas=(0.9, 0.98), eps=1e-9, pct_start=args.pct_start,
+                                 **schedule(args, len(loaders["train"])))
         fit(model, task, loaders.pop("train"), loaders.pop("valid"), cfg, run.dir, run.device, run.dist,
             test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
     return 0

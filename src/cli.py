@@ -49,6 +49,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--ema-decay", type=float, default=None,
              help="evaluate and save an exponential moving average of the weights with this decay "
                   "(e.g. 0.9999; warmed up from 0, so short runs average recent steps); default off")
+    add_flag(g, "--val-every", type=_positive_int, default=1, metavar="N",
+             help="validate every N epochs (and after the last one); patience still counts epochs")
     add_flag(g, "--max-bad-steps", type=int, default=10,
              help="stop after this many non-finite losses in a row")
     add_switch(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")
@@ -65,10 +67,44 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
              help="continue a run: its last.pt or its run directory")
 
 
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def batches_or_fraction(value: str) -> float | int:
+    """``--limit-val-batches``: a count of batches (``20``) or a fraction of them (``0.3``)."""
+    v = float(value)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v if v <= 1 and "." in value else int(v)
+
+
+def key_value(text: str) -> tuple[str, int | float | str]:
+    """``KEY=VALUE`` (as timm's ``--model-kwargs``); the value as an int, a float or else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def add_limit_val_batches(group: argparse._ActionsContainer) -> None:
+    add_flag(group, "--limit-val-batches", type=batches_or_fraction, default=None, metavar="N|FRACTION",
+             help="per-epoch validation on N batches or a fraction (0.3); final metrics use the whole split")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Loader flags common to every data format."""
     g = parser.add_argument_group("data loading")
-    add_flag(g, "--num-workers", type=int, default=4, help="DataLoader worker processes")
+    add_flag(g, "--num-workers", type=int, default=4,
+             help="DataLoader worker processes (an untyped default is capped at the CPUs this process may use)")
     add_flag(g, "--pin-memory", action="store_true", help="pin host memory (CUDA)")
     add_flag(g, "--train-limit", type=int, default=None,
              help="use the first N training samples after a seeded (stratified) shuffle")
@@ -111,10 +147,24 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     args = parse_with_demo_defaults(parser, argv, demo_defaults)
     if args.resume:
         args = restore_resumed_args(parser, argv, args)
+    if "num_workers" in vars(args) and args.num_workers > available_cpus() and "num_workers" not in \
+            explicit_args(parser, argv):
+        # more workers than cores only adds start-up and contention (PyTorch warns about it)
+        args = with_values(args, num_workers=available_cpus())
     if getattr(args, "sync_bn", False) and not _uses_cuda(args.device):
         parser.error("--sync-bn needs CUDA devices (SyncBatchNorm); on CPUs every rank validates rank 0's "
                      "BatchNorm statistics without it")
     return args
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container or ``taskset`` may allow fewer than
+    the machine has)."""
+    import os
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _uses_cuda(device: str) -> bool:
@@ -150,7 +200,7 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 # argument shapes the model, the data or the optimization, and must stay what the run started with.
 RESUMABLE = frozenset({
     "resume", "epochs", "patience", "max_bad_steps", "device", "num_workers", "pin_memory", "compile", "plot",
-    "save_history", "limit_val_batches", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
+    "save_history", "limit_val_batches", "val_every", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
     "train_annotation", "valid_annotation", "test_annotation", "lmdb_dir", "annotations", "frame_cache",
     "test_data_root", "test_annotations", "frame_cache_size", "support_cache_size_mb"})
 
@@ -177,6 +227,14 @@ def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
     merged = {**vars(args), **saved, **typed}
     merged["resume"] = path
     return argparse.Namespace(**merged)
+
+
+def notice(line: str) -> None:
+    """A line for the user before logging starts (a flag that does nothing here, config keys not used),
+    written once: by rank 0 under torchrun."""
+    import os
+    if os.environ.get("RANK", "0") == "0":
+        _say(f"notice: {line}")
 
 
 def _say(line: str) -> None:

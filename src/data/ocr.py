@@ -116,6 +116,18 @@ class AnnotationLine:
     line: int      # 1-based line number in the annotation file
 
 
+def resolve_annotation(path: str, data_root: str | None) -> str:
+    """Where the annotation file ``path`` is. VietOCR's loader opens ``os.path.join(data_root, path)``, so
+    its configs give names relative to the data root (``train_annotation.txt``); a path that exists as
+    given (``data/ocr/train_annotation.txt``, the form this project's docs use) is taken as it is first."""
+    if os.path.isfile(path) or not data_root:
+        return path
+    under_root = os.path.join(data_root, path)
+    if os.path.isfile(under_root):
+        return under_root
+    raise DataError(f"{path}: annotation file not found (looked as given and under the data root: {under_root})")
+
+
 def read_annotations(path: str) -> list[AnnotationLine]:
     """Parse ``relative/path<TAB>label`` lines; a malformed file fails with ``file:line``."""
     if not os.path.isfile(path):

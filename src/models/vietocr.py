@@ -724,15 +724,25 @@ def decode_batch(model: VietOCRModel, images: torch.Tensor, sos_id: int, eos_id:
     return model.beam_search(images, beam_size=beam_size, **kwargs)
 
 
+# the sequence models' settings a VietOCR config (its ``transformer:`` section) or ``--model-kwargs`` may
+# change, in VietOCR's names; the CNN's output width follows d_model / img_channel, as VietOCR requires
+MODEL_KWARGS = {
+    "vgg_transformer": ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers", "dim_feedforward",
+                        "max_seq_length", "pos_dropout", "trans_dropout"),
+    "vgg_seq2seq": ("encoder_hidden", "decoder_hidden", "img_channel", "decoder_embedded", "dropout"),
+}
+
+
 def build_vietocr(arch: str, vocab_size: int, model_size: str = "full", pretrained: bool = False,
                   pretrained_weights: str | None = None, grad_checkpointing: bool = False,
-                  ctc_head: bool = False) -> VietOCRModel:
+                  ctc_head: bool = False, model_kwargs: dict | None = None) -> VietOCRModel:
     """Build ``vgg_transformer`` or ``vgg_seq2seq`` at ``model_size`` "full" (VietOCR's; 37,650,217 /
     22,371,113 parameters with 233 tokens) or "small" (1,285,417 / 926,505).
 
     ``pretrained`` loads torchvision's ImageNet VGG19-bn into the CNN (full size only); a
     ``pretrained_weights`` file is used instead of the download and implies ``pretrained``.
     ``ctc_head`` adds the training-only linear CTC head (``E * V + V`` more parameters).
+    ``model_kwargs`` change the sequence model's settings (:data:`MODEL_KWARGS`, VietOCR's names).
     """
     if arch not in VIETOCR_ARCHS:
         raise DataError(f"unknown architecture {arch!r}; choose from: {', '.join(VIETOCR_ARCHS)}", param="arch")
@@ -743,19 +753,72 @@ def build_vietocr(arch: str, vocab_size: int, model_size: str = "full", pretrain
         raise DataError(f"pretrained VGG19-bn weights exist only for model size 'full', not {model_size!r}",
                         param="model_size")
     cfg = SIZES[model_size]
-    d = cfg["d_model"]
-    backbone = VGGBackbone(cfg["cnn_cfg"], d, cfg["cnn_dropout"])
+    kw = _sequence_kwargs(arch, cfg, model_kwargs or {})
+    hidden = kw["d_model"] if arch == "vgg_transformer" else kw["img_channel"]
+    backbone = VGGBackbone(cfg["cnn_cfg"], hidden, cfg["cnn_dropout"])
     if pretrained:
         load_vgg19_bn_features(backbone.features, pretrained_weights)
     if arch == "vgg_transformer":
-        seq = LanguageTransformer(vocab_size, d, cfg["nhead"], cfg["num_encoder_layers"], cfg["num_decoder_layers"],
-                                  cfg["dim_feedforward"], pos_dropout=cfg["dropout"], trans_dropout=cfg["dropout"],
-                                  scale_src=cfg["scale_src"])
-        memory_dim = d
+        seq = LanguageTransformer(vocab_size, **kw, scale_src=cfg["scale_src"])
+        memory_dim = kw["d_model"]
     else:
-        seq = Seq2Seq(vocab_size, cfg["hidden"], cfg["hidden"], d, cfg["hidden"])
-        memory_dim = 2 * cfg["hidden"]  # bidirectional GRU outputs
+        seq = Seq2Seq(vocab_size, **kw)
+        memory_dim = 2 * kw["encoder_hidden"]  # bidirectional GRU outputs
     head = nn.Linear(memory_dim, vocab_size) if ctc_head else None
     model = VietOCRModel(CNN(backbone), seq, pretrained=pretrained, ctc_head=head)
     model.set_grad_checkpointing(grad_checkpointing)
     return model
+
+
+def _sequence_kwargs(arch: str, cfg: dict, overrides: dict) -> dict:
+    """The sequence model's constructor arguments: the size's, then ``overrides``."""
+    unknown = sorted(set(overrides) - set(MODEL_KWARGS[arch]))
+    if unknown:
+        raise DataError(f"{arch} has no setting {', '.join(unknown)}; it has: {', '.join(MODEL_KWARGS[arch])}",
+                        param="model_kwargs")
+    d = cfg["d_model"]
+    if arch == "vgg_transformer":
+        kw = dict(d_model=d, nhead=cfg["nhead"], num_encoder_layers=cfg["num_encoder_layers"],
+                  num_decoder_layers=cfg["num_decoder_layers"], dim_feedforward=cfg["dim_feedforward"],
+                  max_seq_length=1024, pos_dropout=cfg["dropout"], trans_dropout=cfg["dropout"])
+    else:
+        kw = dict(encoder_hidden=cfg["hidden"], decoder_hidden=cfg["hidden"], img_channel=d,
+                  decoder_embedded=cfg["hidden"], dropout=0.1)
+    kw.update(overrides)
+    if arch == "vgg_transformer" and kw["d_model"] % kw["nhead"]:
+        raise DataError(f"d_model {kw['d_model']} is not divisible by nhead {kw['nhead']}", param="model_kwargs")
+    return kw
+
+
+def config_from_state_dict(state: dict, nhead: int | None = None) -> dict:
+    """The ``build_vietocr`` arguments (arch, vocab_size, model_size, model_kwargs) that a state dict in
+    VietOCR's key layout (which this module shares: ``cnn.model.features.*``, ``transformer.*``) was saved
+    from, read from its shapes: what VietOCR's ``vgg_transformer.pth`` needs to load here. The number of
+    attention heads is not in the shapes: ``nhead`` (default: the size's, 8 for VietOCR's)."""
+    first = state.get("cnn.model.features.0.weight")
+    if first is None:
+        raise DataError("no 'cnn.model.features.0.weight': not a VietOCR vgg_transformer / vgg_seq2seq state dict")
+    size = next((k for k, c in SIZES.items() if c["cnn_cfg"][0] == first.shape[0]), None)
+    if size is None:
+        raise DataError(f"its VGG starts with {first.shape[0]} channels, neither VietOCR's VGG19-bn (64) nor the "
+                        f"small CNN ({SMALL_CNN_CFG[0]})")
+    if "transformer.embed_tgt.weight" in state:
+        vocab_size, d_model = state["transformer.embed_tgt.weight"].shape
+        layers = {part: len({k.split(".")[4] for k in state if k.startswith(f"transformer.transformer.{part}.layers.")})
+                  for part in ("encoder", "decoder")}
+        found = dict(d_model=d_model, nhead=nhead or SIZES[size]["nhead"], num_encoder_layers=layers["encoder"],
+                     num_decoder_layers=layers["decoder"],
+                     dim_feedforward=state["transformer.transformer.encoder.layers.0.linear1.weight"].shape[0],
+                     max_seq_length=state["transformer.pos_enc.pe"].shape[0])
+        arch = "vgg_transformer"
+    elif "transformer.decoder.embedding.weight" in state:
+        vocab_size, embedded = state["transformer.decoder.embedding.weight"].shape
+        hidden3, img_channel = state["transformer.encoder.rnn.weight_ih_l0"].shape
+        found = dict(encoder_hidden=hidden3 // 3, decoder_hidden=state["transformer.encoder.fc.weight"].shape[0],
+                     img_channel=img_channel, decoder_embedded=embedded)
+        arch = "vgg_seq2seq"
+    else:
+        raise DataError("neither a transformer nor a seq2seq decoder in it: not a VietOCR state dict")
+    defaults = _sequence_kwargs(arch, SIZES[size], {})
+    kwargs = {k: int(v) for k, v in found.items() if int(v) != defaults[k]}
+    return {"arch": arch, "vocab_size": int(vocab_size), "model_size": size, "model_kwargs": kwargs}

@@ -20,9 +20,10 @@ from src.errors import DataError
 from src.data.demo_ocr import ensure_demo_ocr
 from src.data.loading import DataWarnings, make_loader, seeded_subset
 from src.data.ocr import (EOS, IMAGE_HEIGHT, MASK, PAD, SOS, VIETOCR_VOCAB, OCRDataset, Vocab,
-                          WidthBucketBatchSampler, build_lmdb, collate_lines)
+                          WidthBucketBatchSampler, build_lmdb, collate_lines, resolve_annotation)
 from src.metrics.ocr import OCRMeter
 from src.models.vietocr import VIETOCR_ARCHS, decode_batch
+from src.tasks.ocr_config import read_vietocr_config
 from src.tasks.ocr_inference import Recognizer
 from src.training import distributed as D
 from src.training.plots import plot_text_samples
@@ -119,14 +120,21 @@ class OCRTask(Task):
 def add_args(p: argparse.ArgumentParser) -> None:
     """``train_vietocr.py``'s own flags: data in VietOCR's format, model, VietOCR's optimizer, inference."""
     d = p.add_argument_group("data (VietOCR format)")
-    cli.add_flag(d, "--data-root", default=None, help="folder the annotation paths are relative to")
-    cli.add_flag(d, "--train-annotation", default=None, help="train annotation txt (path<TAB>label per line)")
+    cli.add_flag(d, "--config", default=None, metavar="FILE.yml",
+                 help="a VietOCR config file (base.yml + vgg-transformer.yml schema) as the defaults; typed flags "
+                      "win (docs/train_vietocr.md lists what each key sets)")
+    cli.add_flag(d, "--data-root", default=None, help="folder the image paths (and, as in VietOCR, annotation "
+                 "paths that do not exist as given) are relative to")
+    cli.add_flag(d, "--train-annotation", default=None, help="train annotation txt (path<TAB>label per line): "
+                 "a path, or a name under --data-root as VietOCR's config gives it")
     cli.add_flag(d, "--valid-annotation", default=None, help="validation annotation txt")
     cli.add_flag(d, "--test-annotation", default=None, help="optional test annotation txt")
     cli.add_flag(d, "--lmdb-dir", default=None,
                  help="where LMDB caches go (default: DATA_ROOT/.lmdb_cache); keyed by annotation content")
     cli.add_flag(d, "--vocab", default=None, metavar="FILE",
                  help="characters file (default: VietOCR's 229-character Vietnamese vocabulary)")
+    cli.add_flag(d, "--vocab-chars", default=None, metavar="CHARS",
+                 help="the characters themselves, as a VietOCR config's vocab gives them (--vocab wins)")
     cli.add_flag(d, "--unknown-char", choices=["skip", "error"], default="skip",
                  help="labels with characters outside the vocabulary: skip and count, or stop")
     cli.add_flag(d, "--demo-dir", default="data/demo/ocr", help="where --demo writes its dataset")
@@ -136,6 +144,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help="dynamic batch size: about this many encoder positions (W/2 per line) per batch")
     cli.add_switch(d, "--augment", True,
                    "colour jitter, blur, perspective, invert on training lines")
+    cli.add_limit_val_batches(d)
     cli.add_flag(d, "--masked-lm", type=float, nargs="?", const=0.05, default=0.0, metavar="P",
                  help="masked-LM corruption of decoder inputs (flag alone: 0.05)")
     m = p.add_argument_group("model")
@@ -145,6 +154,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(m, "--pretrained", action="store_true", help="ImageNet VGG19-bn weights (torchvision)")
     cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH",
                  help="local vgg19_bn state dict (implies --pretrained)")
+    cli.add_flag(m, "--model-kwargs", nargs="*", default={}, type=cli.key_value, metavar="KEY=VALUE",
+                 help="sequence model settings in VietOCR's names (a config's transformer: section), e.g. "
+                      "num_decoder_layers=3 dim_feedforward=1024")
+    cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
+                 help="start from these weights: a best_model.pt, or VietOCR's own (vgg_transformer.pth, its "
+                      "config's pretrain)")
     cli.add_flag(m, "--grad-checkpointing", action="store_true",
                  help="recompute activations in backward (less memory, ~30%% slower)")
     cli.add_flag(m, "--label-smoothing", type=float, default=0.1)
@@ -156,18 +171,31 @@ def add_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimizer (VietOCR: AdamW 0.9/0.98, eps 1e-9, OneCycle)")
     cli.add_flag(o, "--lr", type=float, default=3e-4, help="max learning rate (sets --base-lr and --head-lr)")
     cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
+    cli.add_flag(o, "--iters", type=int, default=None,
+                 help="VietOCR's trainer.iters: train about this many optimizer steps (sets --epochs from the data)")
+    cli.add_flag(o, "--valid-every", type=int, default=None, metavar="STEPS",
+                 help="VietOCR's trainer.valid_every, in steps (sets --val-every from the data)")
     i = p.add_argument_group("inference")
     cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="print text per image")
-    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
+    cli.add_flag(i, "--weights", default=None, metavar="CKPT",
+                 help="best_model.pt, or VietOCR's own weights (vgg_transformer.pth), for --predict")
     cli.add_flag(i, "--quantize", choices=["none", "int8"], default="none",
                  help="int8 dynamic quantization of Linear layers for CPU inference")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Flags, ``--demo`` defaults and the demo data's paths, a resumed run's arguments; ``--lr`` is
-    VietOCR's single learning rate (``--base-lr``/``--head-lr`` follow it unless typed)."""
+    """Flags over a ``--config`` file's values, ``--demo`` defaults and the demo data's paths, a resumed
+    run's arguments; ``--lr`` is VietOCR's single learning rate (``--base-lr``/``--head-lr`` follow it
+    unless typed)."""
+    config = cli.explicit_args(parser, argv).get("config")
+    if config:
+        values, notes = read_vietocr_config(config)
+        parser.set_defaults(**values)
+        for line in notes:
+            cli.notice(line)
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    args = cli.set_default_lrs(parser, argv, args, args.lr, args.lr)
+    args = cli.with_values(cli.set_default_lrs(parser, argv, args, args.lr, args.lr),
+                           model_kwargs=dict(args.model_kwargs))
     if args.demo:    # the generated lines replace the data paths
         files = {split: os.path.join(args.demo_dir, f"{split}.txt") for split in ("train", "valid", "test")}
         args = cli.with_values(args, data_root=args.demo_dir, train_annotation=files["train"],
@@ -176,7 +204,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 
 def build_vocab(args) -> Vocab:
-    return Vocab.from_file(args.vocab) if args.vocab else Vocab(VIETOCR_VOCAB)
+    if args.vocab:
+        return Vocab.from_file(args.vocab)
+    try:
+        return Vocab(args.vocab_chars or VIETOCR_VOCAB)
+    except ValueError as exc:
+        raise DataError(str(exc), param="vocab_chars") from None
 
 
 def model_name(args) -> str:
@@ -187,7 +220,7 @@ def model_config(args, vocab: Vocab) -> dict:
     """What ``best_model.pt`` records to rebuild the model for inference."""
     return {"arch": args.arch, "model_size": args.model_size, "model_name": model_name(args), "vocab": vocab.chars,
             "image_min_width": args.image_min_width, "image_max_width": args.image_max_width,
-            "ctc_head": args.ctc_weight > 0}
+            "ctc_head": args.ctc_weight > 0, "model_kwargs": args.model_kwargs}
 
 
 def build_task(args, vocab: Vocab) -> OCRTask:
@@ -206,9 +239,9 @@ def build_data(args, run: Run, vocab: Vocab, warnings: DataWarnings) -> dict:
     cache = args.lmdb_dir or os.path.join(args.data_root, ".lmdb_cache")
     loaders = {}
     for split in ("train", "valid", "test"):
-        ann = getattr(args, f"{split}_annotation")
-        if not ann:
+        if not getattr(args, f"{split}_annotation"):
             continue
+        ann = resolve_annotation(getattr(args, f"{split}_annotation"), args.data_root)
         # rank 0 builds; the others get its path (or its error)
         path = D.on_rank0(lambda: build_lmdb(ann, args.data_root, cache))
         ds = OCRDataset(path, vocab, ann, warnings, args.image_min_width,

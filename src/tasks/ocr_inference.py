@@ -10,10 +10,10 @@ from PIL import Image
 from torch import nn
 
 from src.data.images import BadImage, load_rgb
-from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, Vocab, WidthBucketBatchSampler, line_tensor, resized_width
+from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, WidthBucketBatchSampler, line_tensor, resized_width
 from src.errors import DataError
-from src.models.vietocr import build_vietocr, decode_batch
-from src.training.checkpoint import load_checkpoint
+from src.models.vietocr import build_vietocr, config_from_state_dict, decode_batch
+from src.training.checkpoint import torch_load_file
 from src.training.run import start_run
 
 TASK_NAME = "ocr"
@@ -30,19 +30,56 @@ class Recognizer(nn.Module):
         return decode_batch(self.model, images, SOS, EOS, PAD, self.beam_size, self.max_len)[0]
 
 
-def load_for_inference(weights: str, device: torch.device, quantize: str = "none"):
-    """(model in eval mode, vocab, model_config) from a ``best_model.pt`` of this script."""
-    ckpt = load_checkpoint(weights)
-    cfg = ckpt.get("model_config") or {}
-    if ckpt.get("task") != TASK_NAME or "arch" not in cfg:
-        raise DataError(f"{weights}: not an OCR checkpoint of this project")
+def read_weights(path: str, vocab: Vocab | None = None, nhead: int | None = None) -> tuple[dict, dict]:
+    """(state dict, model config) from a ``best_model.pt`` of this script or a VietOCR weights file: the
+    plain state dict VietOCR exports and publishes (``vgg_transformer.pth``) or its trainer checkpoint
+    (``{'state_dict': ...}``). VietOCR's files do not record their vocabulary: ``vocab`` (default
+    VietOCR's) must have as many tokens as the weights."""
+    obj = torch_load_file(path, "weights file")
+    if isinstance(obj, dict) and "model" in obj:            # this project's checkpoint
+        cfg = obj.get("model_config") or {}
+        if obj.get("task") != TASK_NAME or "arch" not in cfg:
+            raise DataError(f"{path}: not an OCR checkpoint (its task: {obj.get('task')})")
+        return obj["model"], cfg
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{path}: neither a best_model.pt of this script nor a VietOCR state dict")
+    try:
+        found = config_from_state_dict(state, nhead)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    vocab = vocab or Vocab(VIETOCR_VOCAB)
+    if found["vocab_size"] != len(vocab):
+        raise DataError(f"{path}: the weights have {found['vocab_size']} tokens, the vocabulary has {len(vocab)} "
+                        f"({len(vocab.chars)} characters + {Vocab.n_special} specials); pass the characters it was "
+                        f"trained with (--vocab FILE, or the config's vocab)")
+    return state, {**found, "vocab": vocab.chars, "model_name": f"vietocr_{found['arch']}"}
+
+
+def load_for_inference(weights: str, device: torch.device, quantize: str = "none", vocab: Vocab | None = None,
+                       nhead: int | None = None):
+    """(model in eval mode, vocab, model_config) from :func:`read_weights`'s file."""
+    state, cfg = read_weights(weights, vocab, nhead)
     vocab = Vocab(cfg["vocab"])
-    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False))
-    model.load_state_dict(ckpt["model"])
+    model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False),
+                          model_kwargs=cfg.get("model_kwargs"))
+    model.load_state_dict(state)
     model = model.to(device).eval()
     if quantize == "int8":
         model = quantize_int8(model)
     return model, vocab, cfg
+
+
+def init_from(model: nn.Module, path: str, vocab: Vocab) -> None:
+    """Start training from :func:`read_weights`'s file (VietOCR's ``pretrain``): every tensor but a new
+    CTC head must fit the model built from the flags."""
+    state, cfg = read_weights(path, vocab, getattr(model.transformer, "nhead", None))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("ctc_head.")]
+    if missing or unexpected:
+        raise DataError(f"{path}: a {cfg['arch']} {cfg['model_size']} model {cfg.get('model_kwargs') or ''}; the "
+                        f"flags build another ({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. "
+                        f"{(missing + unexpected)[0]})", param="init_from")
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -79,15 +116,18 @@ def recognize(model: nn.Module, vocab: Vocab, images: Sequence[Image.Image], dev
             decode_images(model, images, device, batch_size, beam_size, max_len, min_width, max_width)]
 
 
-def predict_main(args) -> int:
+def predict_main(args, vocab: Vocab) -> int:
+    """``--predict IMG...``: text and confidence per image; ``vocab`` is for VietOCR's weights files
+    (this project's checkpoints carry their own)."""
     if not args.weights:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     with start_run("cpu" if args.quantize == "int8" else args.device) as run:
-        return _predict(args, run.device)
+        return _predict(args, vocab, run.device)
 
 
-def _predict(args, device: torch.device) -> int:
-    model, vocab, cfg = load_for_inference(args.weights, device, args.quantize)
+def _predict(args, vocab: Vocab, device: torch.device) -> int:
+    model, vocab, cfg = load_for_inference(args.weights, device, args.quantize, vocab,
+                                           dict(args.model_kwargs).get("nhead"))
     images, paths, failed = [], [], 0
     for path in args.predict:
         try:

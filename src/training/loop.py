@@ -67,6 +67,9 @@ class TrainConfig:
     # per-epoch validation on the first N batches (int) or fraction (float <= 1) of the loader
     # (Lightning's limit_val_batches); the final metrics always use the whole split
     limit_val_batches: float | int | None = None
+    # validate every N epochs (and always after the last one): autoregressive OCR decoding of a real
+    # validation set can take longer than the epoch's training
+    val_every: int = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -80,7 +83,8 @@ def build_train_config(args, **overrides) -> TrainConfig:
                       compile=args.compile, channels_last=args.channels_last, sync_bn=getattr(args, "sync_bn", False),
                       seed=args.seed,
                       deterministic=args.deterministic, show_plot=args.plot,
-                      ema_decay=getattr(args, "ema_decay", None))
+                      ema_decay=getattr(args, "ema_decay", None), val_every=max(1, getattr(args, "val_every", 1)),
+                      limit_val_batches=getattr(args, "limit_val_batches", None))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -129,7 +133,8 @@ class EarlyStopping:
         if self.improved(value):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
-        self.bad_epochs += 1
+        # epochs since the best, not validations: patience means the same under --val-every N
+        self.bad_epochs = epoch - self.best_epoch
         return False
 
     @property
@@ -258,25 +263,30 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
     t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     stats = _train_one_epoch(train_model, task, train_loader, state, autocast, cfg, device, dist, epoch)
     # every rank validates the model rank 0 saves: the same parameters, and rank 0's BatchNorm statistics
     D.broadcast_buffers(state.model)
     if state.ema is not None:
         D.broadcast_buffers(state.ema.module)
-    valid = evaluate(eval_model, task, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid", autocast)
+    validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+    valid = evaluate(eval_model, task, limit_batches(valid_loader, cfg.limit_val_batches), device, "valid",
+                     autocast) if validate else {}
     epoch_time = time.perf_counter() - t0
     state.train_time += epoch_time
     row = {"train_loss": stats["loss"], **{f"valid_{k}": v for k, v in valid.items()},
            "lr": max(g["lr"] for g in state.optimizer.param_groups), "epoch_time_s": epoch_time,
            "data_time_s": stats["data_time"], "samples_per_s": stats["samples_per_s"], "bad_steps": stats["bad_steps"]}
+    if device.type == "cuda":    # the seeds' monitoring checklists watch it
+        row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     row.update(task.epoch_stats())
-    if task.monitor not in row:
+    if validate and task.monitor not in row:
         raise TrainingError(f"the monitored metric {task.monitor!r} is not among this task's epoch figures "
                             f"({', '.join(k for k in row if k.startswith(('valid_', 'train_')))})")
-    for k, v in row.items():
-        state.history.setdefault(k, []).append(v)
+    _append_row(state.history, row, epoch)
     state.epoch = epoch
-    is_best = stopper.update(row[task.monitor], epoch)
+    is_best = validate and stopper.update(row[task.monitor], epoch)
     if dist.is_main:
         with _disk_full_explained(run_dir, epoch):
             if is_best:
@@ -284,7 +294,8 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
                                                 row[task.monitor], args_record), os.path.join(run_dir, "best_model.pt"))
             state.save(os.path.join(run_dir, "last.pt"), args_record)
             atomic_json_dump(state.history, os.path.join(run_dir, "history.json"))
-    metrics_txt = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_"))
+    metrics_txt = (" ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_")) if validate
+                   else f"(validation every {cfg.val_every} epochs)")
     log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
              epoch, cfg.epochs, stats["loss"], metrics_txt, row["lr"], epoch_time, stats["data_time"],
              stats["samples_per_s"], f" bad_steps={stats['bad_steps']}" if stats["bad_steps"] else "",
@@ -293,6 +304,15 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
         log.info("early stopping: %s did not improve for %d epochs (best %.4f at epoch %d)",
                  task.monitor, cfg.patience, stopper.best, stopper.best_epoch)
     return stopper.should_stop
+
+
+def _append_row(history: dict[str, list], row: dict[str, Any], epoch: int) -> None:
+    """Add one epoch to ``history``, every list ``epoch`` long: a figure an epoch did not produce
+    (no validation under --val-every) is ``None`` (``null`` in history.json)."""
+    for k in [*history, *(k for k in row if k not in history)]:
+        column = history.setdefault(k, [])
+        column.extend([None] * (epoch - 1 - len(column)))
+        column.append(row.get(k))
 
 
 @contextmanager
@@ -376,6 +396,19 @@ def _train_one_epoch(model, task: Task, loader, state: TrainState, autocast, cfg
             "samples_per_s": n_total / max(elapsed, 1e-9), "data_time": data_time, "bad_steps": int(bad_total)}
 
 
+def _train_figures(history: dict[str, list], best_epoch: int) -> dict[str, Any]:
+    """The training figures (``train_loss``, a task's ``train_acc``...) of the best epoch (the last one when
+    no epoch improved), and the peak GPU memory of the run (CUDA): what the seeds' metrics.json shows."""
+    n = len(history.get("train_loss", []))
+    if not n:
+        return {}
+    at = (best_epoch or n) - 1
+    out = {k: v[at] for k, v in history.items() if k.startswith("train_")}
+    if history.get("gpu_mem_gb"):
+        out["peak_gpu_mem_gb"] = max(v for v in history["gpu_mem_gb"] if v is not None)
+    return out
+
+
 def _optimizer_step(model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -434,7 +467,7 @@ def _finish(model, task: Task, valid_loader, test_loaders: dict, cfg, run_dir, d
                "fps_device": speed["fps_device"], "fps_dtype": speed["fps_dtype"], "latency_ms": speed["latency_ms"],
                "best_epoch": stopper.best_epoch, "epochs_run": len(state.history.get("train_loss", [])),
                "stopped_early": stopped_early, "train_time_s": state.train_time,
-               **{k: v for k, v in final.items() if not k.endswith("_loss")},
+               **final, **_train_figures(state.history, stopper.best_epoch),
                **task.summary(), "data_warnings": merged.counts(), "ckpt_path": "best_model.pt"}
     atomic_json_dump(metrics, os.path.join(run_dir, "metrics.json"))
     plot_history(state.history, os.path.join(run_dir, "training_plot.png"), task.monitor, show=cfg.show_plot)

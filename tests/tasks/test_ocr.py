@@ -12,8 +12,8 @@ RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png",
 SCORES = ("cer", "wer", "acc_full_seq", "acc_per_char")
 METRICS_KEYS = {"model_name", "task", "num_params", "trainable_params", "size_mb", "fps", "fps_batch_size",
                 "fps_image_size", "fps_device", "fps_dtype", "latency_ms", "best_epoch", "epochs_run",
-                "stopped_early", "train_time_s", "data_warnings", "ckpt_path",
-                *(f"{s}_{k}" for s in ("valid", "test") for k in SCORES)}
+                "stopped_early", "train_time_s", "data_warnings", "ckpt_path", "train_loss",
+                *(f"{s}_{k}" for s in ("valid", "test") for k in (*SCORES, "loss"))}
 HISTORY_KEYS = {"train_loss", "valid_loss", *(f"valid_{k}" for k in SCORES), "lr", "epoch_time_s", "data_time_s",
                 "samples_per_s", "bad_steps"}
 
