@@ -74,12 +74,14 @@ def init_from(model: nn.Module, path: str, vocab: Vocab) -> None:
     """Start training from :func:`read_weights`'s file (VietOCR's ``pretrain``): every tensor but a new
     CTC head must fit the model built from the flags."""
     state, cfg = read_weights(path, vocab, getattr(model.transformer, "nhead", None))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("ctc_head.")]
-    if missing or unexpected:
-        raise DataError(f"{path}: a {cfg['arch']} {cfg['model_size']} model {cfg.get('model_kwargs') or ''}; the "
-                        f"flags build another ({len(missing)} tensors missing, {len(unexpected)} unexpected, e.g. "
-                        f"{(missing + unexpected)[0]})", param="init_from")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("ctc_head.")]
+    unfit = [k for k in state if k not in own or state[k].shape != own[k].shape]
+    if missing or unfit:
+        raise DataError(f"{path}: a {cfg['arch']} {cfg['model_size']} model {cfg.get('model_kwargs') or ''}; the flags "
+                        f"build another ({len(missing)} tensors missing, {len(unfit)} of another shape or name, e.g. "
+                        f"{(missing + unfit)[0]})", param="init_from")
+    model.load_state_dict(state, strict=False)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -180,3 +180,47 @@ def _linear(state):
     layer = nn.Linear(4, 1)
     layer.load_state_dict(state)
     return layer
+
+
+class CountingTask(TinyTask):
+    """Counts the validation batches it sees per split evaluation."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batches_per_eval = []
+
+    def new_meter(self, split):
+        self.batches_per_eval.append(0)
+        return super().new_meter(split)
+
+    def validation_step(self, model, batch, meter, split):
+        self.batches_per_eval[-1] += 1
+        super().validation_step(model, batch, meter, split)
+
+
+def test_validate_every_n_epochs_keeps_history_aligned_and_patience_in_epochs(tmp_path):
+    # validation losses 3.0 (epoch 2), 2.0 (epoch 4), 2.5 (epoch 6), 2.5 (epoch 7: the last epoch)
+    task = CountingTask(values=[3.0, 2.0, 2.5, 2.5])
+    _, metrics, history = _fit(tmp_path, task, epochs=7, val_every=2, patience=0)
+    assert history["valid_loss"] == [None, 3.0, None, 2.0, None, 2.5, 2.5]
+    assert all(len(v) == 7 for v in history.values())
+    assert metrics["best_epoch"] == 4 and metrics["epochs_run"] == 7
+    assert task.batches_per_eval == [2, 2, 2, 2, 2]          # 4 per-epoch validations + the final one
+    # patience counts epochs since the best, validated or not: 3.0 at 2, then 4.0 at 4 and 6 -> 4 epochs
+    (tmp_path / "p").mkdir()
+    _, metrics, _ = _fit(tmp_path / "p", TinyTask(values=[3.0, 4.0, 4.0, 4.0]), epochs=20, val_every=2, patience=3)
+    assert metrics["best_epoch"] == 2 and metrics["epochs_run"] == 6 and metrics["stopped_early"] is True
+
+
+def test_limit_val_batches_cuts_per_epoch_validation_only(tmp_path):
+    task = CountingTask()
+    _fit(tmp_path, task, epochs=2, limit_val_batches=1)
+    assert task.batches_per_eval == [1, 1, 2]                # the final evaluation reads the whole split
+
+
+def test_metrics_keep_the_best_epochs_training_figures_and_final_losses(tmp_path):
+    task = TinyTask(values=[3.0, 2.0, 2.5])
+    _, metrics, history = _fit(tmp_path, task, epochs=3)
+    assert metrics["best_epoch"] == 2
+    assert metrics["train_loss"] == history["train_loss"][1]     # the seeds' metrics.json: the best epoch's
+    assert metrics["valid_loss"] == 2.5     # the final evaluation of the best weights (scripted: last value)
