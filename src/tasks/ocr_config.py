@@ -81,7 +81,7 @@ def read_vietocr_config(path: str) -> tuple[dict[str, Any], list[str]]:
     for key, (dest, convert) in FLAT_KEYS.items():
         if key in flat and flat[key] is not None:
             out[dest] = convert(flat.pop(key))
-    out.update(_structural(path, flat))
+    out.update(_structural(path, flat, out.get("batch_size", 32)))
     unused = [f"{k} ({NOT_USED[k]})" for k in NOT_USED if k in flat]
     unknown = sorted(k for k in flat if k not in NOT_USED)
     notes = []
@@ -102,7 +102,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _structural(path: str, flat: dict[str, Any]) -> dict[str, Any]:
+def _structural(path: str, flat: dict[str, Any], batch_size: int) -> dict[str, Any]:
     """The keys that choose the architecture, vocabulary and starting weights (popped from ``flat``)."""
     out: dict[str, Any] = {}
     seq = flat.pop("seq_modeling", "transformer")
@@ -131,7 +131,7 @@ def _structural(path: str, flat: dict[str, Any]) -> dict[str, Any]:
             flat.pop(key)
     metrics = flat.pop("trainer.metrics", None)
     if metrics:   # lines VietOCR decodes per validation -> batches
-        out["limit_val_batches"] = max(1, math.ceil(int(metrics) / int(out.get("batch_size", 32))))
+        out["limit_val_batches"] = max(1, math.ceil(int(metrics) / batch_size))
     return out
 
 
