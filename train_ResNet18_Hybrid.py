@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_training_args(parser)
     cli.add_data_args(parser)
     cli.add_output_args(parser, DEFAULT_MODEL)
+    parser.set_defaults(**classification.SCRIPT_DEFAULTS[DEFAULT_MODEL])    # the seed document's
     return parser
 
 
@@ -42,9 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      {"num_classes": len(data.class_names)})
         log.info("run dir %s | model %s (%s params) | device %s x %d", run.dir, args.model,
                  f"{sum(p.numel() for p in model.parameters()):,}", run.device, run.dist.world_size)
-        task = classification.ClassificationTask(data.class_names, args.image_size,
-                                                 classification.model_config(args, data.class_names),
-                                                 args.channels_last, args.label_smoothing)
+        task = classification.build_task(args, data.class_names)
         fit(model, task, loaders.pop("train"), loaders.pop("valid"), build_train_config(args), run.dir, run.device,
             run.dist, test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
     return 0

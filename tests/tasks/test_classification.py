@@ -17,8 +17,8 @@ RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png",
 METRICS_KEYS = {"model_name", "task", "num_params", "trainable_params", "size_mb", "fps", "fps_batch_size",
                 "fps_image_size", "fps_device", "fps_dtype", "latency_ms", "best_epoch", "epochs_run",
                 "stopped_early", "train_time_s", "valid_acc", "valid_f1", "test_acc", "test_f1", "data_warnings",
-                "ckpt_path"}
-HISTORY_KEYS = {"train_loss", "valid_loss", "valid_acc", "valid_f1", "lr", "epoch_time_s", "data_time_s",
+                "ckpt_path", "train_loss", "train_acc", "valid_loss", "test_loss"}
+HISTORY_KEYS = {"train_loss", "train_acc", "valid_loss", "valid_acc", "valid_f1", "lr", "epoch_time_s", "data_time_s",
                 "samples_per_s", "bad_steps"}
 
 
@@ -37,6 +37,8 @@ def test_run_directory_files_keys_and_predict(demo_workdir, tmp_path):
     assert 0 <= metrics["valid_acc"] <= 1 and metrics["fps"] > 0 and metrics["latency_ms"] > 0
     # the best checkpoint's re-evaluation equals the best epoch's validation figure
     assert metrics["valid_acc"] == pytest.approx(history["valid_acc"][metrics["best_epoch"] - 1], abs=1e-9)
+    assert all(0 <= a <= 1 for a in history["train_acc"]) and len(history["train_acc"]) == 2
+    assert metrics["train_acc"] == history["train_acc"][metrics["best_epoch"] - 1]   # the best epoch's
     config = read_json(run / "config.json")
     assert config["args"]["model"] == "MobileNetV3_Small_BoT_Linear" and "torch" in config["versions"]
     for ckpt in ("best_model.pt", "last.pt"):
@@ -195,3 +197,179 @@ def test_two_node_rendezvous_writes_one_run(small_dataset, tmp_path):
     (run,) = run_dirs(results)
     assert read_json(run / "config.json")["world_size"] == 4
     assert read_json(run / "metrics.json")["epochs_run"] == 1 and (run / "best_model.pt").is_file()
+
+
+# --- per-script defaults, augmentation flags, mixup, train_acc ---------------------------------------
+
+SEED_DEFAULTS = {   # the tables of ../shared/seeds/<script>.md
+    MNV3: dict(epochs=30, batch_size=32, patience=10, base_lr=5e-5, head_lr=5e-4, weight_decay=1e-2, image_size=224,
+               heads=4, dropout=0.1, seed=42, metadata="data/metadata.csv", label2id="data/label2id.json"),
+    R18: dict(epochs=10, batch_size=32, patience=5, base_lr=1e-4, head_lr=1e-3, image_size=224, heads=4,
+              reduction=32, dropout=0.1, metadata="data/metadata.csv", label2id="data/label2id.json"),
+}
+
+
+def _script(script):
+    import importlib
+    return importlib.import_module(script[:-3])
+
+
+@pytest.mark.parametrize("script", [MNV3, R18])
+def test_defaults_are_the_seed_documents_and_demo_keeps_its_own(script):
+    from src.tasks.classification import demo_defaults, parse_args
+
+    parser = _script(script).build_parser()
+    args = parse_args(parser, [])
+    assert {k: getattr(args, k) for k in SEED_DEFAULTS[script]} == SEED_DEFAULTS[script]
+    assert parser.get_default("num_workers") == 4     # parsing caps an untyped default at the CPUs
+    demo = parse_args(_script(script).build_parser(), ["--demo"])
+    assert {k: getattr(demo, k) for k in demo_defaults(args.model)} == demo_defaults(args.model)
+    # augmentation defaults: the pipeline from before the flags (flips both ways, 15 degrees, jitter)
+    assert (args.hflip, args.vflip, args.rotation, args.color_jitter, args.aa, args.reprob, args.mixup,
+            args.cutmix, args.label_smoothing) == (0.5, 0.5, 15.0, [0.2, 0.2, 0.2, 0.02], None, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_timm_flag_spellings_and_aa_turns_jitter_off_unless_typed():
+    from src.tasks.classification import parse_args
+
+    parser = _script(R18).build_parser()
+    a = parse_args(parser, ["--smoothing", "0.1", "--mixup_switch_prob", "0.3", "--color_jitter", "0.4"])
+    b = parse_args(parser, ["--label-smoothing", "0.1", "--mixup-switch-prob", "0.3", "--color-jitter", "0.4"])
+    assert vars(a) == vars(b) and a.label_smoothing == 0.1 and a.color_jitter == [0.4]
+    assert parse_args(parser, ["--aa", "rand-m9-mstd0.5-inc1"]).color_jitter == [0.0]
+    assert parse_args(parser, ["--aa", "rand-m9-mstd0.5-inc1", "--color-jitter", "0.3"]).color_jitter == [0.3]
+    assert parse_args(parser, ["--aa", "3a"]).color_jitter == [0.2, 0.2, 0.2, 0.02]     # timm keeps it for 3a
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--aa", "rand-x9"], "error: --aa: not a timm augmentation policy: 'rand-x9'"),
+    (["--mixup-prob", "2"], "error: --mixup-prob: must be in [0, 1], got 2"),
+    (["--color-jitter", "0.1", "0.2"], "error: --color-jitter: give 1, 3 or 4 factors"),
+])
+def test_bad_augmentation_flags_stop_with_one_line(tmp_path, flags, message):
+    proc = run_script(R18, flags + ["--device", "cpu"], tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message), proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+class _Seen(torch.nn.Module):
+    """A linear classifier on the flattened image that keeps the last input it saw."""
+
+    def __init__(self, pixels: int, classes: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(pixels, classes)
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return self.fc(x.flatten(1))
+
+
+def _task(flags=(), classes=4):
+    from src.tasks.classification import build_task, parse_args
+    args = parse_args(_script(MNV3).build_parser(), ["--image-size", "4", *flags])
+    return build_task(args, [f"c{i}" for i in range(classes)])
+
+
+def test_mixup_gives_soft_targets_that_sum_to_one_and_trains_a_finite_step():
+    import numpy as np
+
+    task = _task(["--mixup", "1", "--cutmix", "1", "--smoothing", "0.1"])
+    assert task.mixup.mixup_alpha == 1 and task.mixup.label_smoothing == 0.1 and task.mixup.num_classes == 4
+    x, y = torch.randn(6, 3, 4, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    np.random.seed(0)
+    mixed, target = task.mixup(x.clone(), y)
+    assert target.shape == (6, 4) and (target >= 0).all()
+    torch.testing.assert_close(target.sum(1), torch.ones(6))
+    assert not torch.equal(mixed, x)
+
+    model = _Seen(48, 4)
+    np.random.seed(1)
+    loss, n = task.training_step(model, {"image": x.clone(), "label": y})
+    assert n == 6 and torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert model.fc.weight.grad is not None and torch.isfinite(model.fc.weight.grad).all()
+    assert not torch.equal(model.seen, x)                        # the model trained on mixed images
+    odd = x[:5].clone()   # timm's Mixup needs an even batch: an odd one trains unmixed, on soft targets
+    loss, n = task.training_step(model, {"image": odd, "label": y[:5]})
+    assert n == 5 and torch.isfinite(loss) and torch.equal(model.seen, x[:5])
+
+
+def test_train_acc_counts_every_trained_batch_and_resets_each_epoch():
+    task, model = _task(), _Seen(48, 4)
+    batches = [(torch.randn(8, 3, 4, 4), torch.randint(0, 4, (8,))) for _ in range(2)]
+    hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)     # the same model, by hand
+    for x, y in batches:
+        task.training_step(model, {"image": x, "label": y})
+    assert task.epoch_stats() == {"train_acc": hits / 16}
+    task.training_step(model, {"image": batches[0][0], "label": batches[0][1]})
+    assert task.epoch_stats()["train_acc"] == int((model(batches[0][0]).argmax(1) == batches[0][1]).sum()) / 8
+
+
+def test_train_acc_under_mixup_is_against_the_mixed_targets_argmax():
+    import numpy as np
+
+    task, model = _task(["--mixup", "0.4"]), _Seen(48, 4)
+    x, y = torch.randn(8, 3, 4, 4), torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    np.random.seed(3)
+    task.training_step(model, {"image": x.clone(), "label": y})
+    np.random.seed(3)
+    _, target = task.mixup(x.clone(), y)
+    expected = int((model(model.seen).argmax(1) == target.argmax(1)).sum()) / 8
+    assert task.epoch_stats()["train_acc"] == expected
+
+
+def _two_rank_train_acc(rank, port, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    task, model = _task(), _Seen(48, 4)
+    torch.manual_seed(100 + rank)      # each rank its own batch, of its own size
+    x, y = torch.randn(4 + 4 * rank, 3, 4, 4), torch.randint(0, 4, (4 + 4 * rank,))
+    task.training_step(model, {"image": x, "label": y})
+    out[rank] = (int((model(x).argmax(1) == y).sum()), len(y), task.epoch_stats()["train_acc"])
+    dist.destroy_process_group()
+
+
+def test_train_acc_is_summed_over_ranks_before_dividing():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_two_rank_train_acc, args=(port, out), nprocs=2)
+    (c0, n0, acc0), (c1, n1, acc1) = out[0], out[1]
+    assert acc0 == acc1 == (c0 + c1) / (n0 + n1)
+
+
+def test_train_acc_in_history_is_the_first_batchs_accuracy(small_dataset, tmp_path):
+    """One epoch of one batch without random augmentation or dropout: train_acc is the initial model's
+    accuracy on that batch, recomputed here independently of the engine."""
+    from src.data.classification import Augment, build_classification_data
+    from src.data.loading import make_loader
+    from src.models.classifiers import build_classifier
+    from src.tasks.classification import parse_args
+    from src.training.loop import seed_everything
+
+    metadata, label2id = small_dataset
+    flags = ["--metadata", metadata, "--label2id", label2id, "--image-size", "64", "--batch-size", "16",
+             "--train-limit", "16", "--valid-limit", "8", "--epochs", "1", "--num-workers", "0", "--seed", "5",
+             "--hflip", "0", "--vflip", "0", "--rotation", "0", "--color-jitter", "0", "--dropout", "0"]
+    run_script(MNV3, flags + ["--results-dir", str(tmp_path / "res")], tmp_path)
+    (run,) = run_dirs(tmp_path / "res")
+    history = read_json(run / "history.json")
+
+    args = parse_args(_script(MNV3).build_parser(), flags)
+    data = build_classification_data(metadata, label2id, 64, 5, 16, 8, augment=Augment(0, 0, 0, (0,)))
+    seed_everything(5)                      # as the script does before building the model
+    model = build_classifier(args, len(data.class_names)).train()
+    loader = make_loader(data.train, batch_size=16, train=True, seed=5)
+    loader.sampler.set_epoch(1)
+    (batch,) = list(loader)
+    with torch.no_grad():
+        hits = int((model(batch["image"]).argmax(1) == batch["label"]).sum())
+    assert history["train_acc"] == [hits / 16]
