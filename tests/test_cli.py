@@ -110,3 +110,29 @@ def test_every_off_switch_has_its_underscore_spelling():
             assert getattr(parser.parse_args([under]), dest) is False
             seen += 1
     assert seen >= 8   # amp x5, augment x3, aux-loss, siamese, ...
+
+
+def test_num_workers_default_is_capped_at_the_cpus_a_typed_value_is_kept(monkeypatch):
+    from src import cli
+    from src.tasks import ocr
+
+    assert cli.available_cpus() >= 1
+    monkeypatch.setattr(cli, "available_cpus", lambda: 1)
+    assert parse_args(build_parser(R18), []).num_workers == 1          # the default 4 on a 1-CPU machine
+    assert parse_args(build_parser(R18), ["--num-workers", "3"]).num_workers == 3
+    assert ocr.parse_args(train_vietocr.build_parser(), ["--num_workers", "0"]).num_workers == 0
+    monkeypatch.setattr(cli, "available_cpus", lambda: 64)
+    assert parse_args(build_parser(R18), []).num_workers == 4
+
+
+def test_val_every_and_limit_val_batches_are_checked_at_parse_time(capsys):
+    import pytest
+    from src.tasks import ocr
+
+    args = ocr.parse_args(train_vietocr.build_parser(), ["--val-every", "3", "--limit_val_batches", "0.25"])
+    assert (args.val_every, args.limit_val_batches) == (3, 0.25)
+    assert ocr.parse_args(train_vietocr.build_parser(), ["--limit-val-batches", "20"]).limit_val_batches == 20
+    for bad in (["--val-every", "0"], ["--limit-val-batches", "-1"]):
+        with pytest.raises(SystemExit):
+            ocr.parse_args(train_vietocr.build_parser(), bad)
+        assert "must be" in capsys.readouterr().err

@@ -224,3 +224,16 @@ def test_metrics_keep_the_best_epochs_training_figures_and_final_losses(tmp_path
     assert metrics["best_epoch"] == 2
     assert metrics["train_loss"] == history["train_loss"][1]     # the seeds' metrics.json: the best epoch's
     assert metrics["valid_loss"] == 2.5     # the final evaluation of the best weights (scripted: last value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_gpu_memory_per_epoch_on_cuda(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    train = make_loader(_data(), batch_size=8, train=True, seed=0, collate_fn=None)
+    valid = make_loader(_data(16), batch_size=8, train=False, seed=0, collate_fn=None)
+    metrics = fit(model, TinyTask(), train, valid, TrainConfig(epochs=2, fps_min_time_s=0.01), str(tmp_path),
+                  torch.device("cuda"))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["gpu_mem_gb"]) == 2 and all(v > 0 for v in history["gpu_mem_gb"])
+    assert metrics["peak_gpu_mem_gb"] == max(history["gpu_mem_gb"])
