@@ -151,6 +151,9 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             explicit_args(parser, argv):
         # more workers than cores only adds start-up and contention (PyTorch warns about it)
         args = with_values(args, num_workers=available_cpus())
+    if getattr(args, "save_history", False):
+        notice("--save-history is accepted for the seed's recipes and does nothing here: history.json and "
+               "metrics.json are always written")
     if getattr(args, "sync_bn", False) and not _uses_cuda(args.device):
         parser.error("--sync-bn needs CUDA devices (SyncBatchNorm); on CPUs every rank validates rank 0's "
                      "BatchNorm statistics without it")

@@ -136,3 +136,12 @@ def test_val_every_and_limit_val_batches_are_checked_at_parse_time(capsys):
         with pytest.raises(SystemExit):
             ocr.parse_args(train_vietocr.build_parser(), bad)
         assert "must be" in capsys.readouterr().err
+
+
+def test_a_seed_flag_that_does_nothing_here_says_so_once(capsys):
+    parse_args(build_parser(R18), ["--save-history", "--epochs", "3"])
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["notice: --save-history is accepted for the seed's recipes and does nothing here: history.json "
+                   "and metrics.json are always written"]
+    parse_args(build_parser(R18), ["--epochs", "3"])
+    assert capsys.readouterr().err == ""
