@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.predict:
         return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
     with start_run(args.device) as run:
-        if args.frame_cache_size is not None:
-            log.info("--frame-cache-size: frames are read from the on-disk JPEG cache; the flag is accepted and unused")
+        for notice in refdet_args.seed_flag_notices(args):     # seed-only flags, said once
+            log.info(notice)
         task = refdet.build_task(args)
         data = refdet.build_data(args, run, task.warnings)
         task.truth = data.pop("truth")

@@ -10,7 +10,8 @@ Parts (DESIGN section 5):
 * Prototypes: CLS token and mean patch token of every reference image, projected and averaged over
   the K references (prototypical networks, Snell et al. 2017, https://arxiv.org/abs/1703.05175).
 * :class:`~src.models.layers.yolo.YOLOv8Backbone` + :class:`~src.models.layers.yolo.YOLOv8PAN` on
-  the query frame (width 0.25, depth 0.33 = yolov8n's layers 0-21).
+  the query frame (width 0.25, depth 0.33 = yolov8n's layers 0-21; random init, or ultralytics'
+  yolov8n weights through :mod:`src.models.ultralytics_keys`).
 * Fusion per scale, where the reference conditions the query features:
   :class:`PSALMFusion` (prototype-similarity + linear cross-attention from every query pixel to the
   support's patch tokens, Katharopoulos et al. 2020, https://arxiv.org/abs/2006.16236) or
@@ -38,6 +39,7 @@ from src.errors import DataError
 from src.losses.refdet import decode_boxes
 from src.models.layers.yolo import ConvBNSiLU, YOLOv8Backbone, YOLOv8PAN
 from src.models.timm_features import create_timm_model
+from src.models.ultralytics_keys import load_detector_weights
 
 STRIDES = (8, 16, 32)
 
@@ -316,7 +318,8 @@ class RefDetModel(nn.Module):
     def __init__(self, dino_model: str = "vit_small_patch16_dinov3", support_size: int = 224,
                  freeze_dino_layers: int = 6, width: float = 0.25, depth: float = 0.33, fusion: str = "psalm",
                  embed_dim: int = 128, reg_max: int = 16, fusion_heads: int = 4, pretrained: bool = False,
-                 pretrained_weights: str | None = None, siamese: bool = True) -> None:
+                 pretrained_weights: str | None = None, siamese: bool = True,
+                 pretrained_detector: bool = False) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {sorted(FUSIONS)}, got {fusion!r}")
@@ -336,8 +339,10 @@ class RefDetModel(nn.Module):
         self.siam_embed = nn.Linear(sum(channels), embed_dim) if siamese else None
         self.reg_max = reg_max
         self.support_cache: SupportCache | None = None
-        # the pretrained part is the support encoder only: it gets --base-lr (src.training.optim)
-        self.pretrained_prefixes = ("support_encoder.",) if (pretrained or pretrained_weights) else ()
+        # pretrained parts get --base-lr (src.training.optim): the support encoder, and the detector when
+        # it starts from yolov8n weights (src.models.ultralytics_keys.load_detector_weights)
+        self.pretrained_prefixes = (("support_encoder.",) if (pretrained or pretrained_weights) else ()) + \
+            (("backbone.", "neck.") if pretrained_detector else ())
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per part (the four the issue reports): dino, detector, fusion, head."""
@@ -432,12 +437,21 @@ def build_refdet_model(dino_model: str = "vit_small_patch16_dinov3", support_siz
                        freeze_dino_layers: int = 6, fusion: str = "psalm", embed_dim: int = 128,
                        width: float = 0.25, depth: float = 0.33, reg_max: int = 16, pretrained: bool = False,
                        pretrained_weights: str | None = None, support_cache_mb: float = 0.0,
-                       siamese: bool = True) -> RefDetModel:
+                       siamese: bool = True, detector_weights: str | None = None,
+                       pretrained_detector: bool = False) -> RefDetModel:
+    """The model; ``detector_weights``: a yolov8n state dict for the backbone + neck
+    (:func:`~src.models.ultralytics_keys.load_detector_weights`; ``model.detector_init`` is a line saying
+    what was loaded). ``pretrained_detector`` (implied by ``detector_weights``) puts the detector in the pretrained
+    parameter group without loading anything, for a resumed run whose ``last.pt`` holds the weights."""
     if siamese and support_size % 32:
         raise DataError(f"must be a multiple of 32 (the detector's stride) with the siamese prototype, got "
                         f"{support_size}", param="support_size")
     model = RefDetModel(dino_model, support_size, freeze_dino_layers, width, depth, fusion, embed_dim, reg_max,
-                        pretrained=pretrained, pretrained_weights=pretrained_weights, siamese=siamese)
+                        pretrained=pretrained, pretrained_weights=pretrained_weights, siamese=siamese,
+                        pretrained_detector=pretrained_detector or bool(detector_weights))
+    # what was loaded, for the log (a line, not the Conversion: the EMA deep-copies the model)
+    model.detector_init = load_detector_weights(model, detector_weights).describe(detector_weights) \
+        if detector_weights else None
     if support_cache_mb > 0:
         model.support_cache = SupportCache(support_cache_mb)
     return model

@@ -263,7 +263,12 @@ def build_task(args) -> RefDetTask:
 def build_model(args) -> RefDetModel:
     model = build_refdet_model(**{k: getattr(args, k) for k in MODEL_KEYS if k != "image_size"},
                                pretrained=args.pretrained or bool(args.pretrained_weights),
-                               pretrained_weights=args.pretrained_weights, support_cache_mb=args.support_cache_size_mb)
+                               pretrained_weights=args.pretrained_weights, support_cache_mb=args.support_cache_size_mb,
+                               # a resumed run's last.pt holds the detector: only its parameter group is kept
+                               detector_weights=None if args.resume else args.detector_weights,
+                               pretrained_detector=bool(args.detector_weights))
+    if model.detector_init:
+        log.info(model.detector_init)
     if args.init_from:
         init_from(model, args.init_from)
     return model

@@ -1,6 +1,8 @@
 """``train_yolov8n_refdet.py``'s flags: its own groups (data in the AeroEyes layout, model, loss,
 optimizer and evaluation, inference and profiling), the ``--stage`` presets, the ``--demo`` defaults,
-and the parse that resolves them."""
+the seed's spellings (its recipes, ``/shared/seeds/yolov8n_refdet_speed_guide.md``, run as written:
+``--num-aug`` and ``--gradient-accumulation`` are aliases, ``--profile-episodes`` is the profiler's
+count, :data:`SEED_ONLY` flags are accepted with one notice), and the parse that resolves them."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +27,16 @@ DEMO_DEFAULTS = dict(image_size=256, support_size=64, freeze_dino_layers=12, fra
                      n_background=2, n_episodes=70, epochs=12, warmup_epochs=0.5, background_frames=12, num_workers=1,
                      patience=0, supcon_weight=0.2, lr=2e-3, batch_size=16, score_threshold=0.1,
                      permute_colours=True)
+
+# flags accepted only so that the seed's recipes run: what each would have done there, and why not here
+SEED_ONLY = {
+    "frame_cache_size": "the seed kept an in-memory LRU of N decoded frames; here training reads every frame "
+                        "from the on-disk JPEG frame cache (--frame-cache), extracted once and shared by every "
+                        "worker, so there is nothing to size",
+}
+
+PROFILE_EPISODES = 10    # the seed's profiling recipe runs 10
+PROFILE_BARE = -1        # --profile typed without a number
 
 # the shared flags' defaults for this task
 SCRIPT_DEFAULTS = dict(weight_decay=5e-4, clip_grad=10.0, batch_size=32, patience=10, epochs=30, num_workers=2,
@@ -55,6 +67,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--support-size", type=int, default=224, help="reference image side (multiple of the ViT patch)")
     cli.add_flag(d, "--support-views", type=int, default=4,
                  help="fixed augmented versions of each video's references (1 = no support augmentation)")
+    cli.add_flag(d, "--num-aug", type=int, dest="support_views", default=argparse.SUPPRESS, metavar="N",
+                 help="the seed's name for --support-views (an alias: its number of augmented versions of the "
+                      "references; 1 = the photos only)")
     cli.add_switch(d, "--augment", True,
                    "flips, scale/translate and colour jitter on query frames")
     cli.add_switch(d, "--permute-colours", False,
@@ -64,8 +79,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--n-query", type=int, default=4, help="annotated frames per video per episode")
     cli.add_flag(d, "--n-background", type=int, default=1, help="background frames per video per episode")
     cli.add_flag(d, "--n-episodes", type=int, default=500, help="episodes (optimizer micro-steps) per epoch")
-    cli.add_flag(d, "--frame-cache-size", type=int, default=None,
-                 help="accepted for the seed's recipes; frames come from the on-disk JPEG cache instead")
+    cli.add_flag(d, "--frame-cache-size", type=int, default=None, metavar="N",
+                 help="accepted for the seed's recipes and does nothing here (one notice at start): "
+                      + SEED_ONLY["frame_cache_size"])
     cli.add_flag(d, "--demo-dir", default="data/demo/refdet", help="where --demo writes its videos")
     m = p.add_argument_group("model")
     cli.add_flag(m, "--stage", type=int, choices=sorted(STAGES), default=None,
@@ -84,6 +100,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help="support-feature cache (frozen DINO part) in MB; 0 disables")
     cli.add_flag(m, "--init-from", default=None, metavar="CKPT",
                  help="start a new run from another run's weights (best_model.pt / last.pt / run dir)")
+    cli.add_flag(m, "--detector-weights", default=None, metavar="PATH",
+                 help="initialize the YOLOv8n backbone + neck (ultralytics' yolov8n layers 0-21; its Detect head is "
+                      "skipped) from python -m src.tools.convert_ultralytics's output, an ultralytics state dict "
+                      "(model.N.*, converted on loading) or, with ultralytics installed, its .pt; these weights get "
+                      "--base-lr")
     lo = p.add_argument_group("loss")
     cli.add_switch(lo, "--swap-negatives", True,
                    "also pair each training frame with another episode video's references, as an "
@@ -97,7 +118,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(lo, "--supcon-temperature", type=float, default=0.1)
     o = p.add_argument_group("optimizer and evaluation")
     cli.add_flag(o, "--lr", type=float, default=1e-3,
-                 help="learning rate of new parts (--head-lr); a --pretrained DINO gets lr/10 (--base-lr)")
+                 help="learning rate of new parts (--head-lr); a --pretrained DINO and a --detector-weights "
+                      "detector get lr/10 (--base-lr)")
     cli.add_flag(o, "--gradient-accumulation", type=int, dest="grad_accum", default=argparse.SUPPRESS,
                  help="the seed's name for --grad-accum")
     cli.add_flag(o, "--score-threshold", type=float, default=0.5, help="detection score for ST-IoU and --predict")
@@ -107,19 +129,46 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
     cli.add_flag(i, "--out", default=None, metavar="JSON", help="--predict output (default predictions.json)")
     cli.add_flag(i, "--preview", default=None, metavar="DIR", help="also write annotated preview videos here")
-    cli.add_flag(i, "--profile", type=int, default=0, metavar="N",
-                 help="run N training steps, print a time breakdown and cache hit rates, then exit")
+    cli.add_flag(i, "--profile", type=int, nargs="?", const=PROFILE_BARE, default=0, metavar="N",
+                 help=f"run N training steps (episodes; bare --profile: --profile-episodes, default "
+                      f"{PROFILE_EPISODES}), print a time breakdown and cache hit rates, then exit")
+    cli.add_flag(i, "--profile-episodes", type=int, default=None, metavar="N",
+                 help="episodes (training steps) --profile runs, the seed profiler's flag; implies --profile")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     pre, _ = parser.parse_known_args(argv)
     parser.set_defaults(**STAGES[pre.stage or 2])
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    pretrained = args.pretrained or args.pretrained_weights
+    pretrained = args.pretrained or args.pretrained_weights or args.detector_weights
     args = cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
+    args = cli.with_values(args, profile=_profile_steps(parser, args))
+    if args.detector_weights and args.init_from:
+        parser.error("--detector-weights and --init-from both set the detector's weights (--init-from all of "
+                     "the model's); give one")
     if args.image_size % 32:
         parser.error(f"--image-size must be a multiple of 32 (the detector's largest stride), got {args.image_size}")
     if args.demo:     # --demo replaces a recipe's data paths
         args = cli.with_values(args, data_root=args.demo_dir, annotations=None, test_data_root=None,
                                split_file=args.split_file or os.path.join(args.demo_dir, "splits.txt"))
     return args
+
+
+def _profile_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--profile [N]`` and the seed's ``--profile-episodes N`` -> episodes to profile (0: train)."""
+    episodes = args.profile_episodes
+    if episodes is not None and episodes < 1:
+        parser.error(f"--profile-episodes must be >= 1, got {episodes}")
+    if args.profile == PROFILE_BARE:
+        return episodes or PROFILE_EPISODES
+    if args.profile < 0:
+        parser.error(f"--profile takes a number of episodes >= 1, got {args.profile}")
+    if args.profile and episodes and episodes != args.profile:
+        parser.error(f"--profile {args.profile} and --profile-episodes {episodes} disagree; give one")
+    return args.profile or episodes or 0
+
+
+def seed_flag_notices(args: argparse.Namespace) -> list[str]:
+    """One line per typed seed-only flag (:data:`SEED_ONLY`), logged once at start."""
+    return [f"--{dest.replace('_', '-')} {getattr(args, dest)}: accepted for the seed's recipes and does nothing "
+            f"here: {why}" for dest, why in SEED_ONLY.items() if getattr(args, dest, None) is not None]

@@ -149,3 +149,21 @@ def test_a_support_size_the_detector_cannot_take_names_its_parameter():
     with pytest.raises(DataError, match="multiple of 32") as info:
         build_refdet_model(support_size=40, freeze_dino_layers=12, embed_dim=16)
     assert info.value.param == "support_size"          # the CLI prints it as --support-size
+
+
+def test_detector_weights_fill_the_backbone_and_neck_and_join_the_pretrained_group(model, tmp_path):
+    torch.manual_seed(0)
+    source = build_refdet_model(support_size=SUPPORT, freeze_dino_layers=12, embed_dim=16)
+    state = {k: v for k, v in source.state_dict().items() if k.startswith(("backbone.", "neck."))}
+    path = str(tmp_path / "detector.pt")
+    torch.save(state, path)            # the layout src.tools.convert_ultralytics writes
+    torch.manual_seed(1)
+    loaded = build_refdet_model(support_size=SUPPORT, freeze_dino_layers=12, embed_dim=16, detector_weights=path)
+    assert len(state) == 270 and all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+    assert not torch.equal(loaded.head.cls[0][0].conv.weight, source.head.cls[0][0].conv.weight)   # the rest: its own
+    assert loaded.pretrained_prefixes == ("backbone.", "neck.")
+    assert loaded.detector_init.startswith(f"{path}: 270 tensors of yolov8n layers 0-21 loaded into the detector")
+    # a resumed run: the same parameter groups, nothing read (its last.pt holds the weights)
+    resumed = build_refdet_model(support_size=SUPPORT, freeze_dino_layers=12, embed_dim=16, pretrained_detector=True)
+    assert resumed.pretrained_prefixes == ("backbone.", "neck.") and resumed.detector_init is None
+    assert model.pretrained_prefixes == () and model.detector_init is None

@@ -1,5 +1,6 @@
 """train_yolov8n_refdet.py end to end, as a user runs it (subprocesses on a small demo set in the
-AeroEyes layout): run directory, metrics, support cache, predict, profile, stages, resume, bad input."""
+AeroEyes layout): run directory, metrics, support cache, predict, profile, stages, resume, bad input, the
+seed's command lines, ultralytics detector weights."""
 import json
 import shutil
 from pathlib import Path
@@ -72,7 +73,8 @@ def test_run_directory_metrics_cache_predict_and_profile(refdet_root, tmp_path):
     with av.open(str(preview / f"{ids[0]}_preview.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == len(first[0]["bboxes"])
 
-    proc = run_script(REFDET, _data(refdet_root) + [*QUICK, "--profile", "4"], tmp_path)
+    # the seed profiler's spelling: a bare --profile and its episode count
+    proc = run_script(REFDET, _data(refdet_root) + [*QUICK, "--profile", "--profile_episodes", "4"], tmp_path)
     for part in ("data", "support encoder", "detector (backbone+neck)", "fusion", "head", "loss", "backward"):
         assert part in proc.stdout, part
     assert "profile: 4 steps" in proc.stdout and "hit rate" in proc.stdout
@@ -192,3 +194,76 @@ def test_valid_loss_does_not_depend_on_how_videos_are_chunked(refdet_root):
         out = evaluate(model, task, VideoClips(valid, 64, 32, chunk=chunk, stride=2), torch.device("cpu"), "valid")
         losses.append(out["loss"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
+
+
+# the seed's command lines (shared/seeds/yolov8n_refdet_speed_guide.md; its train.py and
+# profile_training_bottlenecks.py are this script) -> what they resolve to
+SEED_RECIPES = [
+    ("--profile --data_root ./datasets/train/samples --annotations ./datasets/train/annotations/annotations.json "
+     "--profile_episodes 10 --stage 2 --n_way 2 --n_query 4",
+     dict(profile=10, data_root="./datasets/train/samples", n_way=2, n_query=4, stage=2, freeze_dino_layers=6)),
+    ("--stage 2 --frame_cache_size 1000 --support_cache_size_mb 400",
+     dict(frame_cache_size=1000, support_cache_size_mb=400.0, profile=0)),
+    ("--stage 2 --num_workers 4", dict(num_workers=4)),
+    ("--stage 2 --num_aug 1", dict(support_views=1)),         # --num-aug is --support-views
+    ("--stage 2 --epochs 100", dict(epochs=100)),
+]
+
+
+def _parse(argv):
+    import train_yolov8n_refdet
+    from src.tasks import refdet_args
+
+    return refdet_args.parse_args(train_yolov8n_refdet.build_parser(), argv)
+
+
+@pytest.mark.parametrize("line,expected", SEED_RECIPES, ids=[r[0][:30] for r in SEED_RECIPES])
+def test_the_seed_command_lines_parse(line, expected):
+    args = vars(_parse(line.split()))
+    assert {k: args[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("argv,steps", [([], 0), (["--profile"], 10), (["--profile", "4"], 4),
+                                        (["--profile-episodes", "3"], 3), (["--profile", "--profile_episodes", "5"], 5),
+                                        (["--profile", "6", "--profile-episodes", "6"], 6)])
+def test_profile_episodes(argv, steps):
+    assert _parse(argv).profile == steps
+
+
+@pytest.mark.parametrize("argv", [["--profile", "4", "--profile-episodes", "5"], ["--profile-episodes", "0"],
+                                  ["--profile", "-3"]])
+def test_profile_episodes_that_disagree_or_are_not_positive_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(argv)
+    assert info.value.code == 2 and "--profile" in capsys.readouterr().err
+
+
+def test_only_seed_flags_that_do_nothing_get_a_notice():
+    from src.tasks.refdet_args import seed_flag_notices
+
+    assert seed_flag_notices(_parse(["--num-aug", "2", "--support-cache-size-mb", "400", "--stage", "2"])) == []
+    (line,) = seed_flag_notices(_parse(["--frame_cache_size", "1000"]))
+    assert line.startswith("--frame-cache-size 1000: accepted for the seed's recipes and does nothing here: ")
+    assert "on-disk JPEG frame cache" in line
+
+
+def test_training_starts_from_ultralytics_detector_weights_with_the_seeds_flags(refdet_root, tmp_path):
+    """An ultralytics-layout yolov8n state dict (built without ultralytics) converted on loading; the
+    seed's --frame_cache_size gets its one notice line, --num_aug works as --support-views."""
+    from tests.tools.test_convert_ultralytics import _detector_state, _ultralytics_layout
+
+    weights = tmp_path / "yolov8n_sd.pt"
+    torch.save(_ultralytics_layout(_detector_state(0)), weights)
+    proc = run_script(REFDET, _data(refdet_root) + [*QUICK, "--epochs", "1", "--detector_weights", str(weights),
+                                                     "--frame_cache_size", "1000", "--num_aug", "1",
+                                                     "--results-dir", str(tmp_path / "res")], tmp_path)
+    assert f"{weights}: 270 tensors of yolov8n layers 0-21 loaded into the detector (backbone + neck); 3 " \
+           f"Detect-head tensors (model.22.*) skipped" in proc.stderr
+    notices = [line for line in proc.stderr.splitlines() if "accepted for the seed's recipes" in line]
+    assert len(notices) == 1 and "--frame-cache-size 1000: accepted for the seed's recipes and does nothing " \
+                                 "here" in notices[0]
+    (run,) = run_dirs(tmp_path / "res")
+    config = read_json(run / "config.json")["args"]
+    assert config["detector_weights"] == str(weights) and config["support_views"] == 1
+    assert config["base_lr"] == pytest.approx(config["head_lr"] / 10)      # the pretrained detector: lr/10
+    assert read_json(run / "metrics.json")["epochs_run"] == 1
