@@ -38,8 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.predict:
         return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
     with start_run(args.device) as run:
-        for notice in refdet_args.seed_flag_notices(args):     # seed-only flags, said once
-            log.info(notice)
         task = refdet.build_task(args)
         data = refdet.build_data(args, run, task.warnings)
         task.truth = data.pop("truth")

@@ -151,6 +151,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     if args.demo:     # --demo replaces a recipe's data paths
         args = cli.with_values(args, data_root=args.demo_dir, annotations=None, test_data_root=None,
                                split_file=args.split_file or os.path.join(args.demo_dir, "splits.txt"))
+    for line in seed_flag_notices(args):
+        cli.notice(line)
     return args
 
 
@@ -169,6 +171,6 @@ def _profile_steps(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def seed_flag_notices(args: argparse.Namespace) -> list[str]:
-    """One line per typed seed-only flag (:data:`SEED_ONLY`), logged once at start."""
-    return [f"--{dest.replace('_', '-')} {getattr(args, dest)}: accepted for the seed's recipes and does nothing "
-            f"here: {why}" for dest, why in SEED_ONLY.items() if getattr(args, dest, None) is not None]
+    """One line per seed-only flag given (:data:`SEED_ONLY`), said once at start (:func:`src.cli.notice`)."""
+    return [f"--{dest.replace('_', '-')} is accepted for the seed's recipes and does nothing here: {why}"
+            for dest, why in SEED_ONLY.items() if getattr(args, dest, None) is not None]

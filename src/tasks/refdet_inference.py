@@ -3,7 +3,6 @@ frame with the video's prototype computed once, into the challenge's submission 
 preview videos)."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -19,10 +18,7 @@ from src.metrics.refdet import submission
 from src.models.refdet import RefDetModel, build_refdet_model, postprocess, to_original
 from src.training.checkpoint import atomic_json_dump, load_checkpoint
 from src.training.run import start_run
-from src.tasks.refdet_args import seed_flag_notices
 from src.training.task import usable
-
-log = logging.getLogger("src")
 
 TASK_NAME = "refdet"
 # build_refdet_model's arguments recorded in a checkpoint's model_config
@@ -90,8 +86,6 @@ def predict_main(args, threshold_typed: bool = False) -> int:
     if not args.data_root:
         raise DataError("--predict needs --data-root (a folder with samples/<video_id>/)")
     with start_run(args.device) as run:
-        for notice in seed_flag_notices(args):
-            log.info(notice)
         return _predict(args, threshold_typed, run.device)
 
 

@@ -238,12 +238,12 @@ def test_profile_episodes_that_disagree_or_are_not_positive_are_refused(argv, ca
     assert info.value.code == 2 and "--profile" in capsys.readouterr().err
 
 
-def test_only_seed_flags_that_do_nothing_get_a_notice():
-    from src.tasks.refdet_args import seed_flag_notices
-
-    assert seed_flag_notices(_parse(["--num-aug", "2", "--support-cache-size-mb", "400", "--stage", "2"])) == []
-    (line,) = seed_flag_notices(_parse(["--frame_cache_size", "1000"]))
-    assert line.startswith("--frame-cache-size 1000: accepted for the seed's recipes and does nothing here: ")
+def test_only_seed_flags_that_do_nothing_get_a_notice(capsys):
+    _parse(["--num-aug", "2", "--support-cache-size-mb", "400", "--stage", "2", "--profile-episodes", "3"])
+    assert capsys.readouterr().err == ""
+    _parse(["--frame_cache_size", "1000"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("notice: --frame-cache-size is accepted for the seed's recipes and does nothing here: ")
     assert "on-disk JPEG frame cache" in line
 
 
@@ -260,8 +260,8 @@ def test_training_starts_from_ultralytics_detector_weights_with_the_seeds_flags(
     assert f"{weights}: 270 tensors of yolov8n layers 0-21 loaded into the detector (backbone + neck); 3 " \
            f"Detect-head tensors (model.22.*) skipped" in proc.stderr
     notices = [line for line in proc.stderr.splitlines() if "accepted for the seed's recipes" in line]
-    assert len(notices) == 1 and "--frame-cache-size 1000: accepted for the seed's recipes and does nothing " \
-                                 "here" in notices[0]
+    assert len(notices) == 1 and notices[0].startswith("notice: --frame-cache-size is accepted for the seed's "
+                                                       "recipes and does nothing here: ")
     (run,) = run_dirs(tmp_path / "res")
     config = read_json(run / "config.json")["args"]
     assert config["detector_weights"] == str(weights) and config["support_views"] == 1
