@@ -2,6 +2,7 @@
 
     python train_ovd.py --demo                             # synthetic shapes, light encoder, CPU minutes
     python train_ovd.py --data-root data/flickr30k_entities --pretrained --batch-size 32 --epochs 30
+    python train_ovd.py --data-root data/flickr30k_entities --pretrained --text-encoder roberta-base  # MDETR's
     python train_ovd.py --predict IMG --phrases "a red circle" "the blue square" --weights RUN/best_model.pt
 
 Data: the Flickr30k Entities layout. Recipes: docs/train_ovd.md.
@@ -43,9 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = task.model_config["model_name"]
         run.open_dir(args.results_dir, name, args.resume, vars(args))
         enc = model.image_encoder
-        log.info("run dir %s | %s (%s params; image tokens %d x %d from stride %d) | device %s x %d", run.dir, name,
-                 f"{sum(p.numel() for p in model.parameters()):,}", (args.image_size // enc.reduction) ** 2,
-                 enc.channels, enc.reduction, run.device, run.dist.world_size)
+        log.info("run dir %s | %s (%s params; image tokens %d x %d from stride %d; text encoder %s%s) | device %s x %d",
+                 run.dir, name, f"{sum(p.numel() for p in model.parameters()):,}",
+                 (args.image_size // enc.reduction) ** 2, enc.channels, enc.reduction, args.text_encoder,
+                 " (frozen)" if args.freeze_text_encoder else (f" (lr {args.text_lr:g})" if args.text_lr else ""),
+                 run.device, run.dist.world_size)
         cfg = build_train_config(args, pct_start=args.pct_start, limit_val_batches=args.limit_val_batches)
         fit(model, task, loaders.pop("train"), loaders.pop("valid"), cfg, run.dir, run.device, run.dist,
             test_loaders=loaders, resume_from=args.resume, args_record=vars(args))

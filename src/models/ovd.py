@@ -6,8 +6,11 @@ Pieces and papers:
   al., ICCV 2021, https://arxiv.org/abs/2103.14030) by default, whose timm >= 0.9 features are NHWC
   (B, 7, 7, 768 at 224 px); CNNs give NCHW. Both become (B, HW, C), projected to ``dim``, with fixed
   2-D sine positions (DETR).
-* text encoder: fastText-style hashed character n-gram word embeddings (Bojanowski et al., TACL 2017)
-  + a small Transformer encoder, trained from scratch, offline, no vocabulary file.
+* text encoder (:mod:`src.models.text_encoders`): fastText-style hashed character n-gram word
+  embeddings (Bojanowski et al., TACL 2017) + a small Transformer encoder, trained from scratch,
+  offline, no vocabulary file (the default); or any pretrained Hugging Face encoder (BERT, as GLIP;
+  RoBERTa, as MDETR, Kamath et al., ICCV 2021), frozen or fine-tuned, projected to ``dim``, with
+  phrases mapped from words to subword tokens by character offsets.
 * fusion: ``fusion_layers`` bidirectional cross-attention layers (image <- text, text <- image, as
   GLIP, Li et al., CVPR 2022) built on :class:`Attention`: separate q/k/v projections and
   ``F.scaled_dot_product_attention``.
@@ -18,7 +21,8 @@ Pieces and papers:
   tokens and to the text. Every layer outputs boxes (cxcywh in [0, 1]) and phrase logits, for the
   auxiliary losses.
 * phrase logits: scaled cosine similarity between each query's embedding and each phrase embedding
-  (mean of the phrase's fused text tokens) plus a bias: ``exp(logit_scale) * cos + bias`` (CLIP).
+  (mean of the phrase's fused text tokens: words for the hashed encoder, the subword tokens inside
+  the phrase's characters for a pretrained one) plus a bias: ``exp(logit_scale) * cos + bias`` (CLIP).
 """
 from __future__ import annotations
 
@@ -29,9 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import MLP
 
+from src.models.text_encoders import DEFAULT_BUCKETS, HASHED, build_text_encoder
 from src.models.timm_features import create_timm_features
-
-DEFAULT_BUCKETS = 2 ** 15
 # the focal-loss prior (RetinaNet): logits start near sigmoid^-1(0.01), so the many negatives do not
 # swamp the first steps
 PRIOR_PROB = 0.01
@@ -54,6 +57,14 @@ def coord_sine(coords: torch.Tensor, dim: int, temperature: float = 10000.0) -> 
     x = torch.stack([x[..., 0::2].sin(), x[..., 1::2].cos()], -1).flatten(-2)
     out = x.flatten(-2)
     return F.pad(out, (0, dim - out.shape[-1])) if out.shape[-1] < dim else out
+
+
+def pool_phrases(tokens: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each phrase's tokens: tokens (B, T, D), phrase_mask (B, P, T) -> (B, P, D); a phrase
+    with no token (padding) pools to zeros. The mean (GLIP likewise averages over a phrase's tokens,
+    through its normalized positive map), so a phrase's length does not scale its embedding."""
+    m = phrase_mask.to(tokens.dtype)
+    return m @ tokens / m.sum(-1, keepdim=True).clamp(min=1)
 
 
 class Attention(nn.Module):
@@ -103,6 +114,7 @@ class ImageEncoder(nn.Module):
         self.reduction = self.backbone.feature_info.reduction()[-1]
         self.proj = nn.Sequential(nn.Linear(self.channels, dim), nn.LayerNorm(dim))
         self.dim = dim
+        self.pretrained = bool(pretrained or pretrained_weights)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the backbone's feature map as NHWC, (B, h, w, C)."""
@@ -119,30 +131,6 @@ class ImageEncoder(nn.Module):
         h, w = fmap.shape[1:3]
         tokens = self.proj(fmap.flatten(1, 2))
         return tokens, sine_positions(h, w, self.dim, tokens.device).to(tokens.dtype), (h, w)
-
-
-class TextEncoder(nn.Module):
-    """Hashed n-gram word embeddings (mean of a word's n-gram vectors) + learned positions + a
-    pre-norm Transformer encoder. (B, L, G) ids -> (B, L, dim)."""
-
-    def __init__(self, dim: int, layers: int, heads: int, buckets: int = DEFAULT_BUCKETS, max_words: int = 64,
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        self.ngrams = nn.Embedding(buckets, dim, padding_idx=0)
-        nn.init.normal_(self.ngrams.weight, std=0.02)
-        with torch.no_grad():
-            self.ngrams.weight[0].zero_()
-        self.positions = nn.Parameter(torch.randn(max_words, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, words: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        counts = (words > 0).sum(-1, keepdim=True).clamp(min=1)
-        x = self.ngrams(words).sum(2) / counts                          # padding row is zero
-        x = x + self.positions[: words.shape[1]]
-        return self.norm(self.encoder(x, src_key_padding_mask=~text_mask))
 
 
 class FusionLayer(nn.Module):
@@ -196,8 +184,11 @@ class GroundingModel(nn.Module):
     the encoder a direct, position-anchored signal from the first steps: DETR's learnable queries
     alone take far longer to converge, which matters when training from random init on a CPU.
 
-    Inputs: ``images`` (B, 3, S, S); ``words`` (B, L, G) n-gram ids; ``text_mask`` (B, L);
-    ``phrase_mask`` (B, P, L) True on each phrase's words (an all-False row is padding).
+    Inputs: ``images`` (B, 3, S, S); ``words``: the text encoder's input, (B, L, G) n-gram ids for
+    the hashed encoder or the B caption strings for a pretrained one (their whitespace words are the
+    L axis); ``text_mask`` (B, L) True on words; ``phrase_mask`` (B, P, L) True on each phrase's
+    words (an all-False row is padding). The text encoder turns the word masks into masks over its
+    T tokens (T = L for the hashed encoder, subword tokens for a pretrained one).
     Output: ``{"layers": [one dict per decoder layer, last = final], "proposals": dict}``, each dict
     with ``boxes`` (B, N, 4) cxcywh in [0, 1] and ``logits`` (B, N, P); N = num_queries (layers) or
     the number of image tokens (proposals).
@@ -205,10 +196,15 @@ class GroundingModel(nn.Module):
 
     pretrained_prefixes = ("image_encoder.backbone.",)
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, dim: int, fusion_layers: int,
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: nn.Module, dim: int, fusion_layers: int,
                  fusion_heads: int, decoder_layers: int, num_queries: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        text_prefixes = tuple(f"text_encoder.{p}" for p in text_encoder.pretrained_prefixes)
+        if text_prefixes:
+            # a pretrained text model joins the engine's pretrained group (--base-lr, which --text-lr
+            # sets); a randomly initialized image backbone must then leave it for the new group
+            self.pretrained_prefixes = (("image_encoder.backbone.",) if image_encoder.pretrained else ()) + text_prefixes
         self.num_queries = num_queries
         self.fusion = nn.ModuleList(FusionLayer(dim, fusion_heads, dropout) for _ in range(fusion_layers))
         self.img_norm, self.txt_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -225,20 +221,18 @@ class GroundingModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-math.log((1 - PRIOR_PROB) / PRIOR_PROB)))
 
-    def encode(self, images, words, text_mask):
-        """Fused image tokens (B, HW, D), their positions (HW, D), fused text tokens (B, L, D) and the
-        token grid (h, w)."""
+    def encode(self, images, words, text_mask, phrase_mask):
+        """Fused image tokens (B, HW, D), their positions (HW, D), fused text tokens (B, T, D), the
+        token mask (B, T), the phrases over tokens (B, P, T) and the token grid (h, w)."""
         img, pos, grid = self.image_encoder(images)
-        txt = self.text_encoder(words, text_mask)
+        txt, text_mask, phrase_mask = self.text_encoder(words, text_mask, phrase_mask)
         for layer in self.fusion:
             img, txt = layer(img, pos, txt, text_mask)
-        return self.img_norm(img), pos, self.txt_norm(txt), grid
+        return self.img_norm(img), pos, self.txt_norm(txt), text_mask, phrase_mask, grid
 
     def phrase_embeddings(self, txt: torch.Tensor, phrase_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of each phrase's fused tokens, projected and L2-normalized: (B, P, D)."""
-        m = phrase_mask.to(txt.dtype)
-        pooled = m @ txt / m.sum(-1, keepdim=True).clamp(min=1)
-        return F.normalize(self.phrase_embed(pooled), dim=-1)
+        """Mean of each phrase's fused tokens (:func:`pool_phrases`), projected and L2-normalized: (B, P, D)."""
+        return F.normalize(self.phrase_embed(pool_phrases(txt, phrase_mask)), dim=-1)
 
     def predict(self, feats: torch.Tensor, ref: torch.Tensor, phrases: torch.Tensor) -> dict[str, torch.Tensor]:
         """Boxes refined from ``ref`` (B, N, 4) and scaled-cosine phrase logits for features (B, N, D)."""
@@ -258,13 +252,14 @@ class GroundingModel(nn.Module):
                             torch.full((h * w,), 2.0 / h, device=device, dtype=dtype)], -1)
 
     def forward(self, images, words, text_mask, phrase_mask) -> dict:
-        img, pos, txt, (h, w) = self.encode(images, words, text_mask)
+        real = phrase_mask.any(-1)        # (B, P) from the words: a phrase truncated off the tokens stays real
+        img, pos, txt, text_mask, phrase_mask, (h, w) = self.encode(images, words, text_mask, phrase_mask)
         phrases = self.phrase_embeddings(txt, phrase_mask)
         B = images.shape[0]
         anchors = self.cell_anchors(h, w, img.device, torch.float32).expand(B, -1, -1)
         proposals = self.predict(img, anchors, phrases)
         # query selection: the tokens that best match any real phrase of their caption
-        score = proposals["logits"].detach().float().masked_fill(~phrase_mask.any(-1)[:, None, :], float("-inf"))
+        score = proposals["logits"].detach().float().masked_fill(~real[:, None, :], float("-inf"))
         idx = score.max(-1).values.topk(min(self.num_queries, h * w), dim=1).indices     # (B, Q)
         q = self.query_content(torch.gather(img, 1, idx[..., None].expand(-1, -1, img.shape[-1])))
         ref = torch.gather(proposals["boxes"].detach(), 1, idx[..., None].expand(-1, -1, 4))
@@ -283,7 +278,11 @@ def build_grounding_model(image_encoder: str = "swin_tiny_patch4_window7_224", d
                           num_queries: int = 20, text_layers: int = 2, buckets: int = DEFAULT_BUCKETS,
                           max_words: int = 64, image_size: int = 224, feature_index: int = -1,
                           dropout: float = 0.0, pretrained: bool = False,
-                          pretrained_weights: str | None = None) -> GroundingModel:
+                          pretrained_weights: str | None = None, text_encoder: str = HASHED,
+                          freeze_text_encoder: bool = False) -> GroundingModel:
+    """The grounding model; ``text_encoder`` is ``"hashed"`` (``text_layers``, ``buckets``,
+    ``max_words`` apply) or a Hugging Face name / local folder (frozen with ``freeze_text_encoder``)."""
     img = ImageEncoder(image_encoder, dim, pretrained, pretrained_weights, feature_index, image_size)
-    txt = TextEncoder(dim, text_layers, fusion_heads, buckets, max_words, dropout)
+    txt = build_text_encoder(text_encoder, dim, text_layers, fusion_heads, buckets, max_words, dropout,
+                             freeze_text_encoder)
     return GroundingModel(img, txt, dim, fusion_layers, fusion_heads, decoder_layers, num_queries, dropout)

@@ -18,14 +18,15 @@ from torch import nn
 from src import cli
 from src.data.demo_ovd import ensure_demo_ovd
 from src.data.flickr30k import read_grounding_split
-from src.data.grounding import GroundingDataset, collate_grounding, encode_words, to_pixels
+from src.data.grounding import GroundingDataset, collate_grounding, to_pixels
 from src.data.images import IMAGENET_MEAN, IMAGENET_STD
 from src.data.loading import DataWarnings, make_loader, seeded_subset
 from src.errors import DataError
 from src.metrics.grounding import GroundingMeter
 from src.models.ovd import DEFAULT_BUCKETS, GroundingModel, build_grounding_model
 from src.models.ovd_matching import GroundingCriterion, HungarianMatcher
-from src.tasks.ovd_inference import MODEL_KEYS, model_kwargs
+from src.models.text_encoders import HASHED
+from src.tasks.ovd_inference import MODEL_KEYS, model_kwargs, text_input
 from src.training.plots import draw_grounding, plot_grounding_samples
 from src.training.run import Run
 from src.training.task import Task
@@ -38,12 +39,17 @@ DEMO_DEFAULTS = dict(image_encoder="resnet18", feature_index=3, image_size=128, 
                      fusion_layers=1, fusion_heads=4, decoder_layers=3, num_queries=20, epochs=4, batch_size=16,
                      lr=1e-3, num_workers=1, patience=0,
                      test_splits=["test", "test_novel"])
+# a fine-tuned pretrained text model's lr: BERT's fine-tuning range (Devlin et al. 2019: 2e-5 to 5e-5),
+# a little lower since it trains for many more steps here; MDETR fine-tunes RoBERTa at 5e-5
+TEXT_LR = 1e-5
 # the seed's training for the shared flags (AdamW + OneCycle, clip 0.1)
 SCRIPT_DEFAULTS = dict(scheduler="onecycle", clip_grad=0.1, weight_decay=1e-4, batch_size=32, patience=10, epochs=30)
 
 
-def model_inputs(batch: dict) -> tuple:
-    return batch["image"], batch["words"], batch["text_mask"], batch["phrase_mask"]
+def model_inputs(batch: dict, text_encoder: str) -> tuple:
+    """The model's inputs; a pretrained text encoder reads the caption strings and tokenizes them."""
+    text = batch["words"] if text_encoder == HASHED else batch["caption"]
+    return batch["image"], text, batch["text_mask"], batch["phrase_mask"]
 
 
 class GroundingTask(Task):
@@ -59,7 +65,8 @@ class GroundingTask(Task):
         self._samples: dict[str, list] = {}
 
     def training_step(self, model: nn.Module, batch: dict):
-        loss, _ = self.criterion(model(*model_inputs(batch)), batch["targets"], batch["phrase_valid"])
+        outputs = model(*model_inputs(batch, self.model_config["text_encoder"]))
+        loss, _ = self.criterion(outputs, batch["targets"], batch["phrase_valid"])
         return loss, int(batch["image"].shape[0])
 
     def new_meter(self, split: str) -> GroundingMeter:
@@ -68,7 +75,7 @@ class GroundingTask(Task):
 
     def validation_step(self, model: nn.Module, batch: dict, meter: GroundingMeter, split: str) -> None:
         size = self.model_config["image_size"]
-        outputs = model(*model_inputs(batch))
+        outputs = model(*model_inputs(batch, self.model_config["text_encoder"]))
         loss, _ = self.criterion(outputs, batch["targets"], batch["phrase_valid"])
         B = batch["image"].shape[0]
         meter.add_loss(float(loss), B)
@@ -98,12 +105,13 @@ class GroundingTask(Task):
     def example_input(self, batch_size: int, device: torch.device) -> dict:
         """A batch of 10-word captions with two phrases, at the model's image size."""
         size = self.model_config["image_size"]
-        words = encode_words("a small red circle left of the blue square".split(), self.model_config["buckets"])
-        L = words.shape[0]
+        words = "a small red circle left of the blue square".split()
+        L = len(words)
+        text = text_input(words, self.model_config)
+        text = text.expand(batch_size, -1, -1).to(device) if isinstance(text, torch.Tensor) else text * batch_size
         phrase_mask = torch.zeros(batch_size, 2, L, dtype=torch.bool, device=device)
         phrase_mask[:, 0, :4], phrase_mask[:, 1, 6:] = True, True
-        return {"images": torch.randn(batch_size, 3, size, size, device=device),
-                "words": words.expand(batch_size, -1, -1).to(device),
+        return {"images": torch.randn(batch_size, 3, size, size, device=device), "words": text,
                 "text_mask": torch.ones(batch_size, L, dtype=torch.bool, device=device), "phrase_mask": phrase_mask}
 
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
@@ -142,7 +150,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(m, "--pretrained-weights", default=None, metavar="PATH",
                  help="local timm weights file for the image encoder (implies --pretrained)")
     cli.add_flag(m, "--out-dim", type=int, default=256, help="width of the fused model")
-    cli.add_flag(m, "--text-layers", type=int, default=2, help="Transformer layers of the text encoder")
+    cli.add_flag(m, "--text-encoder", default=HASHED, metavar="hashed|NAME|DIR",
+                 help="hashed: n-gram encoder trained from scratch, offline; or a Hugging Face encoder by hub "
+                      "name (roberta-base, bert-base-uncased) or local folder (needs pip install transformers)")
+    cli.add_switch(m, "--freeze-text-encoder", False, "keep a pretrained --text-encoder's weights fixed "
+                   "(only its projection trains)")
+    cli.add_flag(m, "--text-layers", type=int, default=2, help="Transformer layers of the hashed text encoder")
     cli.add_flag(m, "--buckets", type=int, default=DEFAULT_BUCKETS, help="hashed character n-gram buckets")
     cli.add_flag(m, "--fusion-layers", type=int, default=1)
     cli.add_flag(m, "--fusion-heads", type=int, default=4)
@@ -156,6 +169,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimizer (seed: AdamW + OneCycle, max lr 5e-4)")
     cli.add_flag(o, "--lr", type=float, default=5e-4,
                  help="max learning rate of new parts (--head-lr); a --pretrained encoder gets lr/10 (--base-lr)")
+    cli.add_flag(o, "--text-lr", type=float, default=None,
+                 help=f"learning rate of a fine-tuned pretrained --text-encoder (default {TEXT_LR:g}; with a "
+                      "--pretrained image encoder both share the engine's --base-lr group: --text-lr if given, "
+                      "else --base-lr)")
     cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
     cli.add_flag(o, "--precision", choices=["16", "32", "bf16"], default=None,
                  help="16 = fp16 AMP, bf16 = bfloat16 autocast, 32 = off (default: AMP on CUDA only)")
@@ -169,15 +186,37 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
-    # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
-    pretrained = args.pretrained or args.pretrained_weights
-    args = cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
+    args = _resolve_text_encoder(parser, argv, cli.parse_script_args(parser, argv, DEMO_DEFAULTS))
     if args.precision is not None:   # the seed's Lightning flag, on top of --amp/--amp-dtype
         args = cli.with_values(args, amp=args.precision != "32", amp_dtype="bf16" if args.precision == "bf16" else "fp16")
     if args.demo:                    # the generated dataset replaces the data root
         args = cli.with_values(args, data_root=args.demo_dir)
     return args
+
+
+def _resolve_text_encoder(parser: argparse.ArgumentParser, argv, args) -> argparse.Namespace:
+    """--base-lr/--head-lr from --lr, and the text encoder's lr, folder and freezing, resolved.
+
+    The engine has two lr groups, pretrained (--base-lr) and new (--head-lr): a fine-tuned pretrained
+    text model is in the first (``GroundingModel.pretrained_prefixes``), so --text-lr sets --base-lr,
+    and ``args.text_lr`` records what the text model really gets (None when it does not train)."""
+    pretrained = args.pretrained or args.pretrained_weights
+    hf = args.text_encoder != HASHED
+    if args.freeze_text_encoder and not hf:
+        raise DataError("needs a pretrained --text-encoder (the hashed encoder starts from random weights)",
+                        param="freeze_text_encoder")
+    if hf and os.path.isdir(args.text_encoder):   # checkpoints rebuild it from any working directory
+        args = cli.with_values(args, text_encoder=os.path.abspath(args.text_encoder))
+    # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
+    base = args.lr / 10 if pretrained else args.lr
+    if hf and not args.freeze_text_encoder:
+        typed = cli.explicit_args(parser, argv)
+        if "text_lr" in typed and "base_lr" in typed and typed["text_lr"] != typed["base_lr"]:
+            raise DataError(f"{typed['text_lr']:g} and --base-lr {typed['base_lr']:g} both set the engine's "
+                            "pretrained-weights group, which holds the text model; give one", param="text_lr")
+        base = args.text_lr if args.text_lr is not None else (base if pretrained else TEXT_LR)
+    args = cli.set_default_lrs(parser, argv, args, base, args.lr)
+    return cli.with_values(args, text_lr=args.base_lr if hf and not args.freeze_text_encoder else None)
 
 
 def model_config(args) -> dict:

@@ -13,6 +13,7 @@ from src.data.grounding import encode_words, to_pixels
 from src.data.images import BadImage, image_to_tensor, letterbox, load_rgb
 from src.errors import DataError
 from src.models.ovd import GroundingModel, build_grounding_model
+from src.models.text_encoders import HASHED
 from src.training.checkpoint import load_checkpoint
 from src.training.plots import draw_grounding
 from src.training.run import start_run
@@ -20,23 +21,39 @@ from src.training.run import start_run
 TASK_NAME = "ovd"
 # build_grounding_model's arguments recorded in a checkpoint's model_config (out_dim is its dim)
 MODEL_KEYS = ("image_encoder", "out_dim", "fusion_layers", "fusion_heads", "decoder_layers", "num_queries",
-              "text_layers", "buckets", "max_words", "image_size", "feature_index")
+              "text_layers", "buckets", "max_words", "image_size", "feature_index", "text_encoder",
+              "freeze_text_encoder")
+# keys added after the first checkpoints were written, with the value those checkpoints mean
+LATER_KEYS = {"text_encoder": HASHED, "freeze_text_encoder": False}
 
 
 def load_for_inference(weights: str, device: torch.device) -> tuple[GroundingModel, dict]:
-    """(model in eval mode, model_config) from a ``best_model.pt`` of this script."""
+    """(model in eval mode, model_config) from a ``best_model.pt`` of this script. A pretrained text
+    encoder is rebuilt from the name or folder in ``model_config["text_encoder"]`` (its tokenizer and
+    architecture; the weights, fine-tuned or not, come from the checkpoint)."""
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != TASK_NAME or "image_encoder" not in cfg:
         raise DataError(f"{weights}: not a train_ovd.py checkpoint")
-    model = build_grounding_model(**model_kwargs(cfg))
+    try:
+        model = build_grounding_model(**model_kwargs(cfg))
+    except DataError as exc:   # e.g. the text model's folder has moved since training
+        raise DataError(f"{weights}: rebuilding its text encoder: {exc}", param="weights") from None
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
 
 
 def model_kwargs(cfg: dict) -> dict:
     """``build_grounding_model`` arguments from a model_config (``out_dim`` is its ``dim``)."""
-    return {("dim" if k == "out_dim" else k): cfg[k] for k in MODEL_KEYS}
+    return {("dim" if k == "out_dim" else k): cfg[k] if k in cfg else LATER_KEYS[k] for k in MODEL_KEYS}
+
+
+def text_input(words: list[str], cfg: dict) -> torch.Tensor | list[str]:
+    """The text encoder's input for one caption of ``words``: (1, L, G) n-gram ids (hashed) or the
+    caption string in a list (a pretrained encoder tokenizes it itself)."""
+    if cfg.get("text_encoder", HASHED) == HASHED:
+        return encode_words(words, cfg["buckets"])[None]
+    return [" ".join(words)]
 
 
 def phrases_caption(phrases: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
@@ -65,12 +82,13 @@ def ground(model: GroundingModel, cfg: dict, image: Image.Image, phrases: Sequen
     size = cfg["image_size"]
     boxed, _, scale = letterbox(image, None, size)
     x = image_to_tensor(boxed)[None].to(device)
-    ids = encode_words(words, cfg["buckets"])[None].to(device)
+    text = text_input(words, cfg)
+    text = text.to(device) if isinstance(text, torch.Tensor) else text
     text_mask = torch.ones(1, len(words), dtype=torch.bool, device=device)
     phrase_mask = torch.zeros(1, len(phrases), len(words), dtype=torch.bool, device=device)
     for p, (start, count) in enumerate(spans):
         phrase_mask[0, p, start:start + count] = True
-    final = model(x, ids, text_mask, phrase_mask)["layers"][-1]
+    final = model(x, text, text_mask, phrase_mask)["layers"][-1]
     scores = final["logits"][0].float().sigmoid().cpu()                   # (Q, P)
     boxes = to_pixels(final["boxes"][0].cpu(), size, scale)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)

