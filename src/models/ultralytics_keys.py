@@ -12,7 +12,7 @@ table of layer index -> our module path. Layer 22 is ultralytics' Detect head, w
 
 The detector's channels do not depend on ``--image-size``, ``--support-size`` or ``--embed-dim`` (the
 head's embedding): P3, P4, P5 have 64, 128, 256 channels, as yolov8n's. Another scale (yolov8s:
-width 0.50; yolov8m: depth 0.67) fails on its first tensor whose shape or name does not fit.
+width 0.50; yolov8m: width 0.75, depth 0.67) fails on its first tensor whose shape or name does not fit.
 """
 from __future__ import annotations
 
@@ -121,8 +121,8 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], target: Mapping[str, t
         for key, value in state.items():
             match = _KEY.match(key)
             if match is None:
-                raise DataError(f"{source}: {key} is not a key of an ultralytics detector (model.N.…) nor of ours "
-                                f"(backbone.…, neck.…)", param=param)
+                raise DataError(f"{source}: {key} is not a key of an ultralytics detector (model.N...) nor of ours "
+                                f"(backbone..., neck...)", param=param)
             index, rest = int(match.group(1)), match.group(2)
             if index == DETECT_LAYER:
                 skipped.append(key)
