@@ -51,6 +51,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                   "(e.g. 0.9999; warmed up from 0, so short runs average recent steps); default off")
     add_flag(g, "--val-every", type=_positive_int, default=1, metavar="N",
              help="validate every N epochs (and after the last one); patience still counts epochs")
+    add_flag(g, "--limit-val-batches", type=batches_or_fraction, default=None, metavar="N|FRACTION",
+             help="per-epoch validation on N batches or a fraction (0.3); final metrics use the whole split")
     add_flag(g, "--max-bad-steps", type=int, default=10,
              help="stop after this many non-finite losses in a row")
     add_switch(g, "--amp", None, "mixed precision (default: on for CUDA, off on CPU)")
@@ -93,11 +95,6 @@ def key_value(text: str) -> tuple[str, int | float | str]:
         except ValueError:
             pass
     return key, value
-
-
-def add_limit_val_batches(group: argparse._ActionsContainer) -> None:
-    add_flag(group, "--limit-val-batches", type=batches_or_fraction, default=None, metavar="N|FRACTION",
-             help="per-epoch validation on N batches or a fraction (0.3); final metrics use the whole split")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ width 0.50; yolov8m: width 0.75, depth 0.67) fails on its first tensor whose sha
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -136,9 +137,10 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], target: Mapping[str, t
     return Conversion(_fit(pairs(), target, source, param), skipped)
 
 
-def read_state_dict(path: str, param: str | None = None) -> dict[str, torch.Tensor]:
-    """A state dict from ``path``: a plain one (``torch.load(weights_only=True)``) or, only when
-    ultralytics is installed, an ultralytics ``.pt`` (a pickled model)."""
+def read_state_dict(path: str, param: str | None = None, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from ``path``: a plain one (``torch.load(weights_only=True)``) or, with ``allow_pickle``
+    (the converter, a deliberate step) and ultralytics installed, an ultralytics ``.pt`` (a pickled model).
+    Training reads tensors only: an ultralytics ``.pt`` given to it is refused with the command to convert it."""
     if not os.path.isfile(path):
         raise DataError(f"file not found: {path}", param=param)
     try:
@@ -147,6 +149,10 @@ def read_state_dict(path: str, param: str | None = None) -> dict[str, torch.Tens
         if "GLOBAL ultralytics." not in str(exc):
             raise DataError(f"{path}: holds Python objects that could run code when loaded, not a state dict; "
                             f"not loaded (save one with torch.save(model.state_dict(), PATH))", param=param) from None
+        if not allow_pickle:
+            raise DataError(f"{path} is an ultralytics checkpoint (a pickled model, which runs code when loaded); "
+                            f"convert it once to plain tensors: python -m src.tools.convert_ultralytics {path} "
+                            f"yolov8n_detector.pt", param=param) from None
         obj = _read_ultralytics_pickle(path, param)
     except Exception as exc:
         raise DataError(f"{path}: not a readable PyTorch file ({type(exc).__name__})", param=param) from None
@@ -159,7 +165,7 @@ def _read_ultralytics_pickle(path: str, param: str | None) -> dict[str, torch.Te
     """An ultralytics checkpoint holds its pickled ``DetectionModel``: unpickling it needs ultralytics'
     classes, so ultralytics (AGPL-3.0) is imported here only, when the user has it, never required."""
     try:
-        import ultralytics  # noqa: F401  (the pickle names its classes)
+        importlib.import_module("ultralytics")     # the pickle names its classes
     except ImportError:
         raise DataError(f"{path} is an ultralytics checkpoint (pickled model); install ultralytics to read it, or "
                         f"save its model.state_dict() where ultralytics is installed: torch.save(YOLO('{path}')"

@@ -144,7 +144,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help="dynamic batch size: about this many encoder positions (W/2 per line) per batch")
     cli.add_switch(d, "--augment", True,
                    "colour jitter, blur, perspective, invert on training lines")
-    cli.add_limit_val_batches(d)
     cli.add_flag(d, "--masked-lm", type=float, nargs="?", const=0.05, default=0.0, metavar="P",
                  help="masked-LM corruption of decoder inputs (flag alone: 0.05)")
     m = p.add_argument_group("model")

@@ -121,13 +121,6 @@ class GroundingTask(Task):
 
 # ----------------------------------------------------------------------------- flags and data
 
-def _limit_val(value: str) -> float | int:
-    v = float(value)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v if v <= 1 and "." in value else int(v)
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     """``train_ovd.py``'s own flags: data (Flickr30k Entities layout), model, optimizer, inference."""
     d = p.add_argument_group("data (Flickr30k Entities layout)")
@@ -140,8 +133,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--max-words", type=int, default=64, help="caption words read (longer captions are cut)")
     cli.add_switch(d, "--augment", True,
                    "horizontal flip (swapping left/right in captions) and colour jitter on training images")
-    cli.add_flag(d, "--limit-val-batches", type=_limit_val, default=None, metavar="N|FRACTION",
-                 help="per-epoch validation on N batches or a fraction (0.3); final metrics use the whole split")
     m = p.add_argument_group("model")
     cli.add_flag(m, "--image-encoder", default="swin_tiny_patch4_window7_224", help="any timm model name")
     cli.add_flag(m, "--feature-index", type=int, default=-1,

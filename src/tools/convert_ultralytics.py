@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    done = convert_state_dict(read_state_dict(args.source), detector_target(yolov8n_detector()), args.source)
+    done = convert_state_dict(read_state_dict(args.source, allow_pickle=True), detector_target(yolov8n_detector()), args.source)
     atomic_torch_save(done.state_dict, args.out)
     print(done.describe(args.source, "mapped onto"))
     print(f"wrote {args.out}; train from it with --detector-weights {args.out}")

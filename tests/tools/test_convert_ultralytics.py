@@ -200,16 +200,19 @@ def test_an_ultralytics_pickle_needs_ultralytics_and_is_read_lazily(tmp_path, mo
     for name, module in (("ultralytics", package), ("ultralytics.nn", nn_pkg), ("ultralytics.nn.tasks", tasks)):
         monkeypatch.setitem(sys.modules, name, module)
     path = _save(tmp_path / "yolov8n.pt", {"model": fake().half(), "ema": None, "epoch": -1})
-    state = read_state_dict(str(path), "detector_weights")
+    with pytest.raises(DataError, match=r"yolov8n.pt is an ultralytics checkpoint \(a pickled model, which runs code "
+                                        r"when loaded\); convert it once .* python -m src.tools.convert_ultralytics"):
+        read_state_dict(str(path), "detector_weights")             # what training reads: tensors only
+    state = read_state_dict(str(path), "detector_weights", allow_pickle=True)      # the converter
     assert list(state) == ["model.0.weight", "model.0.bias"] and state["model.0.weight"].dtype == torch.float32
     monkeypatch.setitem(sys.modules, "ultralytics", None)        # not installed: the import fails
     with pytest.raises(DataError, match=r"yolov8n.pt is an ultralytics checkpoint \(pickled model\); install "
                                         r"ultralytics to read it, or save its model.state_dict\(\)") as info:
-        read_state_dict(str(path), "detector_weights")
+        read_state_dict(str(path), "detector_weights", allow_pickle=True)
     assert info.value.param == "detector_weights"
     other = _save(tmp_path / "other.pt", {"model": _Pickled()})   # a pickle of something else: never unpickled
     with pytest.raises(DataError, match="holds Python objects that could run code when loaded"):
-        read_state_dict(str(other))
+        read_state_dict(str(other), allow_pickle=True)
 
 
 def test_a_real_ultralytics_yolov8n_maps_and_computes_the_same(tmp_path):
@@ -239,6 +242,6 @@ def test_a_real_ultralytics_yolov8n_maps_and_computes_the_same(tmp_path):
     for got, index in zip(mine, (4, 6, 9, 15, 18, 21)):
         assert torch.equal(got, outputs[index]), index
     path = _save(tmp_path / "yolov8n.pt", {"model": copy.deepcopy(theirs).half(), "ema": None})   # as ultralytics saves
-    half = _convert(read_state_dict(str(path)))
+    half = _convert(read_state_dict(str(path), allow_pickle=True))
     assert all(torch.equal(half.state_dict[k], v.half().float()) for k, v in done.state_dict.items()
                if v.dtype.is_floating_point)
