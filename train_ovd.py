@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  (args.image_size // enc.reduction) ** 2, enc.channels, enc.reduction, args.text_encoder,
                  " (frozen)" if args.freeze_text_encoder else (f" (lr {args.text_lr:g})" if args.text_lr else ""),
                  run.device, run.dist.world_size)
-        cfg = build_train_config(args, pct_start=args.pct_start)
+        cfg = build_train_config(args, pct_start=args.pct_start, prefix_lrs=ovd.prefix_lrs(args))
         fit(model, task, loaders.pop("train"), loaders.pop("valid"), cfg, run.dir, run.device, run.dist,
             test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
     return 0

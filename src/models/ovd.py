@@ -200,11 +200,9 @@ class GroundingModel(nn.Module):
                  fusion_heads: int, decoder_layers: int, num_queries: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.image_encoder, self.text_encoder = image_encoder, text_encoder
-        text_prefixes = tuple(f"text_encoder.{p}" for p in text_encoder.pretrained_prefixes)
-        if text_prefixes:
-            # a pretrained text model joins the engine's pretrained group (--base-lr, which --text-lr
-            # sets); a randomly initialized image backbone must then leave it for the new group
-            self.pretrained_prefixes = (("image_encoder.backbone.",) if image_encoder.pretrained else ()) + text_prefixes
+        # a pretrained text model trains at its own lr (the engine's prefix_lrs, set from --text-lr)
+        own = getattr(text_encoder, "own_lr_prefix", None)
+        self.text_model_prefix = f"text_encoder.{own}" if own else None
         self.num_queries = num_queries
         self.fusion = nn.ModuleList(FusionLayer(dim, fusion_heads, dropout) for _ in range(fusion_layers))
         self.img_norm, self.txt_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)

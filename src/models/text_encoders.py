@@ -45,7 +45,7 @@ class HashedTextEncoder(nn.Module):
     """Hashed n-gram word embeddings (mean of a word's n-gram vectors) + learned positions + a
     pre-norm Transformer encoder. (B, L, G) ids -> (B, L, dim); one token per word."""
 
-    pretrained_prefixes: tuple[str, ...] = ()   # everything here trains from random init
+    own_lr_prefix: str | None = None   # everything here trains from random init, at the head's lr
 
     def __init__(self, dim: int, layers: int, heads: int, buckets: int = DEFAULT_BUCKETS, max_words: int = 64,
                  dropout: float = 0.0) -> None:
@@ -103,7 +103,7 @@ class PretrainedTextEncoder(nn.Module):
         name: the model's hub name or local folder, for messages.
     """
 
-    pretrained_prefixes = ("model.",)   # the engine's --base-lr group (set from --text-lr)
+    own_lr_prefix = "model."   # the pretrained text model: its own lr group (--text-lr)
 
     def __init__(self, model: nn.Module, tokenizer, dim: int, freeze: bool, max_length: int, name: str) -> None:
         super().__init__()

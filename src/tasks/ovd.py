@@ -161,9 +161,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(o, "--lr", type=float, default=5e-4,
                  help="max learning rate of new parts (--head-lr); a --pretrained encoder gets lr/10 (--base-lr)")
     cli.add_flag(o, "--text-lr", type=float, default=None,
-                 help=f"learning rate of a fine-tuned pretrained --text-encoder (default {TEXT_LR:g}; with a "
-                      "--pretrained image encoder both share the engine's --base-lr group: --text-lr if given, "
-                      "else --base-lr)")
+                 help=f"learning rate of a fine-tuned pretrained --text-encoder, its own group (default {TEXT_LR:g})")
     cli.add_flag(o, "--pct-start", type=float, default=0.1, help="OneCycle warm-up fraction")
     cli.add_flag(o, "--precision", choices=["16", "32", "bf16"], default=None,
                  help="16 = fp16 AMP, bf16 = bfloat16 autocast, 32 = off (default: AMP on CUDA only)")
@@ -186,11 +184,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 
 def _resolve_text_encoder(parser: argparse.ArgumentParser, argv, args) -> argparse.Namespace:
-    """--base-lr/--head-lr from --lr, and the text encoder's lr, folder and freezing, resolved.
-
-    The engine has two lr groups, pretrained (--base-lr) and new (--head-lr): a fine-tuned pretrained
-    text model is in the first (``GroundingModel.pretrained_prefixes``), so --text-lr sets --base-lr,
-    and ``args.text_lr`` records what the text model really gets (None when it does not train)."""
+    """--base-lr/--head-lr from --lr, and the text encoder's lr, folder and freezing, resolved:
+    ``args.text_lr`` records what the text model gets (None when it does not train); it has its own lr
+    group (:func:`prefix_lrs`), apart from the image backbone's --base-lr and the new parts' --head-lr."""
     pretrained = args.pretrained or args.pretrained_weights
     hf = args.text_encoder != HASHED
     if args.freeze_text_encoder and not hf:
@@ -199,15 +195,14 @@ def _resolve_text_encoder(parser: argparse.ArgumentParser, argv, args) -> argpar
     if hf and os.path.isdir(args.text_encoder):   # checkpoints rebuild it from any working directory
         args = cli.with_values(args, text_encoder=os.path.abspath(args.text_encoder))
     # a pretrained encoder is fine-tuned gently; a randomly initialized one must learn like the rest
-    base = args.lr / 10 if pretrained else args.lr
-    if hf and not args.freeze_text_encoder:
-        typed = cli.explicit_args(parser, argv)
-        if "text_lr" in typed and "base_lr" in typed and typed["text_lr"] != typed["base_lr"]:
-            raise DataError(f"{typed['text_lr']:g} and --base-lr {typed['base_lr']:g} both set the engine's "
-                            "pretrained-weights group, which holds the text model; give one", param="text_lr")
-        base = args.text_lr if args.text_lr is not None else (base if pretrained else TEXT_LR)
-    args = cli.set_default_lrs(parser, argv, args, base, args.lr)
-    return cli.with_values(args, text_lr=args.base_lr if hf and not args.freeze_text_encoder else None)
+    args = cli.set_default_lrs(parser, argv, args, args.lr / 10 if pretrained else args.lr, args.lr)
+    trains = hf and not args.freeze_text_encoder
+    return cli.with_values(args, text_lr=(args.text_lr if args.text_lr is not None else TEXT_LR) if trains else None)
+
+
+def prefix_lrs(args) -> dict[str, float]:
+    """The fine-tuned text model's own lr group, for ``build_train_config``."""
+    return {"text_encoder.model.": args.text_lr} if args.text_lr is not None else {}
 
 
 def model_config(args) -> dict:

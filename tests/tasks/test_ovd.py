@@ -6,7 +6,6 @@ import shutil
 import pytest
 import torch
 
-from src.errors import DataError
 from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OVD = "train_ovd.py"
@@ -156,7 +155,8 @@ def _train_one_step(argv):
     args = _parse(argv)
     torch.manual_seed(0)
     model, task = ovd.build_model(args), ovd.build_task(args)
-    optimizer = torch.optim.AdamW(param_groups(model, args.base_lr, args.head_lr, args.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(model, args.base_lr, args.head_lr, args.weight_decay,
+                                               ovd.prefix_lrs(args)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     loss, n = task.training_step(model, _one_batch())
@@ -178,7 +178,7 @@ def test_frozen_text_model_is_bit_identical_after_a_step_and_its_projection_trai
 
 def test_fine_tuned_text_model_trains_in_a_group_at_text_lr(minilm_dir):
     args, model, optimizer, before = _train_one_step(["--text-encoder", minilm_dir, "--text-lr", "3e-5", *QUICK])
-    assert args.base_lr == args.text_lr == 3e-5 and args.head_lr == 1e-3
+    assert args.text_lr == 3e-5 and args.base_lr == args.head_lr == 1e-3
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     hf = list(model.text_encoder.model.parameters())
     assert len(hf) > 90 and all(lr_of[id(p)] == 3e-5 for p in hf)
@@ -187,10 +187,11 @@ def test_fine_tuned_text_model_trains_in_a_group_at_text_lr(minilm_dir):
     assert all(lr_of[id(p)] == 1e-3 for p in model.image_encoder.backbone.parameters())
     name = "text_encoder.model.embeddings.word_embeddings.weight"
     assert not torch.equal(before[name], model.state_dict()[name])
-    # without --text-lr the text model gets its default; two lrs for the one pretrained group are refused
-    assert _parse(["--text-encoder", minilm_dir, *QUICK]).base_lr == 1e-5
-    with pytest.raises(DataError, match="both set the engine's pretrained-weights group"):
-        _parse(["--text-encoder", minilm_dir, "--text-lr", "1e-5", "--base-lr", "2e-5", *QUICK])
+    assert {g["name"] for g in optimizer.param_groups} >= {"text_encoder.model_decay", "text_encoder.model_no_decay"}
+    # without --text-lr the text model gets its default; a --pretrained image backbone keeps its own rate
+    assert _parse(["--text-encoder", minilm_dir, *QUICK]).text_lr == 1e-5
+    both = _parse(["--text-encoder", minilm_dir, "--text-lr", "1e-5", "--pretrained", "--base-lr", "2e-5", *QUICK])
+    assert (both.text_lr, both.base_lr, both.head_lr) == (1e-5, 2e-5, 1e-3)
 
 
 def test_pretrained_text_encoder_trains_and_predicts(ovd_root, minilm_dir, tmp_path):
@@ -206,7 +207,7 @@ def test_pretrained_text_encoder_trains_and_predicts(ovd_root, minilm_dir, tmp_p
     assert ckpt["model_config"]["text_encoder"] == minilm_dir
     assert "text_encoder.model.embeddings.word_embeddings.weight" in ckpt["model"]
     recorded = read_json(run / "config.json")["args"]
-    assert recorded["text_lr"] == recorded["base_lr"] == 1e-5 and recorded["freeze_text_encoder"] is False
+    assert recorded["text_lr"] == 1e-5 and recorded["freeze_text_encoder"] is False
 
     image = os.path.join(ovd_root, "flickr30k_images", "1000030.jpg")
     out = run_script(OVD, ["--predict", image, "--phrases", "a red circle", "the blue square",
