@@ -83,6 +83,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help="accepted for the seed's recipes and does nothing here (one notice at start): "
                       + SEED_ONLY["frame_cache_size"])
     cli.add_flag(d, "--demo-dir", default="data/demo/refdet", help="where --demo writes its videos")
+    _add_model_args(p)
+    _add_training_args(p)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     cli.add_flag(m, "--stage", type=int, choices=sorted(STAGES), default=None,
                  help="preset: 1 DINO frozen, 2 last 6 DINO blocks + contrastive, 3 fine-tune with WIoU "
@@ -116,6 +121,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(lo, "--cls-weight", type=float, default=0.5)
     cli.add_flag(lo, "--supcon-weight", type=float, default=0.5)
     cli.add_flag(lo, "--supcon-temperature", type=float, default=0.1)
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimizer and evaluation")
     cli.add_flag(o, "--lr", type=float, default=1e-3,
                  help="learning rate of new parts (--head-lr); a --pretrained DINO and a --detector-weights "
