@@ -229,12 +229,12 @@ def restore_resumed_args(parser: argparse.ArgumentParser, argv: Sequence[str] | 
     return argparse.Namespace(**merged)
 
 
-def notice(line: str) -> None:
-    """A line for the user before logging starts (a flag that does nothing here, config keys not used),
-    written once: by rank 0 under torchrun."""
+def notice(line: str, kind: str = "notice") -> None:
+    """A ``notice:`` (or ``warning:``) line for the user before logging starts (a flag that does nothing
+    here, config keys not used), written once: by rank 0 under torchrun."""
     import os
     if os.environ.get("RANK", "0") == "0":
-        _say(f"notice: {line}")
+        _say(f"{kind}: {line}")
 
 
 def _say(line: str) -> None:

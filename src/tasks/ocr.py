@@ -191,7 +191,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         values, notes = read_vietocr_config(config)
         parser.set_defaults(**values)
         for line in notes:
-            cli.notice(line)
+            cli.notice(line, "warning")
     args = cli.parse_script_args(parser, argv, DEMO_DEFAULTS)
     args = cli.with_values(cli.set_default_lrs(parser, argv, args, args.lr, args.lr),
                            model_kwargs=dict(args.model_kwargs))
