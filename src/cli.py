@@ -117,6 +117,10 @@ def add_output_args(parser: argparse.ArgumentParser, model_name: str) -> None:
     add_flag(g, "--results-dir", default="results", help="folder that holds run directories")
     add_flag(g, "--plot", action="store_true",
              help="also show the training plot when a display exists (the PNG is always written)")
+    add_switch(g, "--tensorboard", False, "also write TensorBoard event files into the run directory (epoch "
+               "figures, the training loss every --tensorboard-every steps, sample predictions per epoch)")
+    add_flag(g, "--tensorboard-every", type=_positive_int, default=50, metavar="STEPS",
+             help="optimizer steps between the step scalars of --tensorboard")
     add_flag(g, "--save-history", action="store_true",
              help="accepted for the seed recipes: history.json and metrics.json are always written")
     add_flag(g, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -200,7 +204,7 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 # argument shapes the model, the data or the optimization, and must stay what the run started with.
 RESUMABLE = frozenset({
     "resume", "epochs", "patience", "max_bad_steps", "device", "num_workers", "pin_memory", "compile", "plot",
-    "save_history", "limit_val_batches", "val_every", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
+    "save_history", "limit_val_batches", "val_every", "tensorboard", "tensorboard_every", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
     "train_annotation", "valid_annotation", "test_annotation", "lmdb_dir", "annotations", "frame_cache",
     "test_data_root", "test_annotations", "frame_cache_size", "support_cache_size_mb"})
 

@@ -26,7 +26,7 @@ from src.models.vietocr import VIETOCR_ARCHS, decode_batch
 from src.tasks.ocr_config import read_vietocr_config
 from src.tasks.ocr_inference import Recognizer
 from src.training import distributed as D
-from src.training.plots import plot_text_samples
+from src.training.plots import save_figure, text_samples_figure
 from src.training.run import Run
 from src.training.task import Task
 
@@ -110,9 +110,14 @@ class OCRTask(Task):
         """FPS measures what a user runs: encode + batched decoding, lines per second."""
         return Recognizer(model, self.beam_size, self.max_decode_len)
 
+    def sample_figure(self, split: str, title: str):
+        """The split's last evaluation's first 12 lines with truth and prediction."""
+        return text_samples_figure(self._samples[split], title) if self._samples.get(split) else None
+
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
-        if self._samples.get("valid"):
-            plot_text_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"))
+        fig = self.sample_figure("valid", "validation lines (best checkpoint)")
+        if fig is not None:
+            save_figure(fig, os.path.join(run_dir, "sample_predictions.png"))
 
 
 # ----------------------------------------------------------------------------- script

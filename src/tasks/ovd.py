@@ -27,7 +27,7 @@ from src.models.ovd import DEFAULT_BUCKETS, GroundingModel, build_grounding_mode
 from src.models.ovd_matching import GroundingCriterion, HungarianMatcher
 from src.models.text_encoders import HASHED
 from src.tasks.ovd_inference import MODEL_KEYS, model_kwargs, text_input
-from src.training.plots import draw_grounding, plot_grounding_samples
+from src.training.plots import draw_grounding, grounding_samples_figure, save_figure
 from src.training.run import Run
 from src.training.task import Task
 
@@ -114,9 +114,16 @@ class GroundingTask(Task):
         return {"images": torch.randn(batch_size, 3, size, size, device=device), "words": text,
                 "text_mask": torch.ones(batch_size, L, dtype=torch.bool, device=device), "phrase_mask": phrase_mask}
 
+    def sample_figure(self, split: str, title: str):
+        """The split's last evaluation's first images: top-1 box per phrase (thick) and truth (thin)."""
+        if not self._samples.get(split):
+            return None
+        return grounding_samples_figure(self._samples[split], f"{title}: thick = top-1 prediction, thin = truth")
+
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
-        if self._samples.get("valid"):
-            plot_grounding_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"))
+        fig = self.sample_figure("valid", "validation (best checkpoint)")
+        if fig is not None:
+            save_figure(fig, os.path.join(run_dir, "sample_predictions.png"), dpi=110)
 
 
 # ----------------------------------------------------------------------------- flags and data

@@ -29,7 +29,7 @@ from src.models.refdet import FrameDetector, RefDetModel, SupportCache, build_re
 from src.tasks.refdet_inference import MODEL_KEYS
 from src.training import distributed as D
 from src.training.checkpoint import load_checkpoint, unwrap_model
-from src.training.plots import draw_grounding, plot_grounding_samples
+from src.training.plots import draw_grounding, grounding_samples_figure, save_figure
 from src.training.run import Run
 from src.training.task import Task
 
@@ -177,11 +177,16 @@ class RefDetTask(Task):
         (how a video is processed); the support encoder's one-off cost is not per frame."""
         return FrameDetector(model, self.model_config["support_size"])
 
+    def sample_figure(self, split: str, title: str):
+        if not self._samples.get(split):
+            return None
+        return grounding_samples_figure(self._samples[split], f"{title}: thick = prediction with score >= "
+                                                              f"{self.score_threshold}, thin = truth")
+
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
-        if self._samples.get("valid"):
-            plot_grounding_samples(self._samples["valid"], os.path.join(run_dir, "sample_predictions.png"),
-                                   title=f"validation (best checkpoint): thick = prediction with score >= "
-                                         f"{self.score_threshold}, thin = truth")
+        fig = self.sample_figure("valid", "validation (best checkpoint)")
+        if fig is not None:
+            save_figure(fig, os.path.join(run_dir, "sample_predictions.png"), dpi=110)
 
 
 def _frame_targets(per_frame: list, scale: float, device: torch.device):

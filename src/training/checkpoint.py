@@ -69,6 +69,21 @@ def atomic_json_dump(obj: Any, path: str) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
 
+def atomic_csv_dump(history: dict[str, list], path: str) -> None:
+    """``history`` as a table, one row per epoch and one column per key (ultralytics' ``results.csv``);
+    a figure an epoch did not produce is an empty cell."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(history))
+    for row in zip(*history.values()):
+        writer.writerow(["" if v is None else v for v in row])
+    data = buf.getvalue().encode("utf-8")
+    _atomic_write(path, lambda f: f.write(data))
+
+
 def _json_default(o: Any):
     if isinstance(o, (np.integer,)):
         return int(o)

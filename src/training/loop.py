@@ -27,8 +27,9 @@ from src.data.loading import DataWarnings
 from src.errors import DataError, TrainingError
 from src.training import distributed as D
 from src.training.evaluate import evaluate, to_device
-from src.training.checkpoint import (FORMAT_VERSION, atomic_json_dump, atomic_torch_save, capture_rng_state,
-                                     load_checkpoint, restore_rng_state, unwrap_model)
+from src.training.board import Board
+from src.training.checkpoint import (FORMAT_VERSION, atomic_csv_dump, atomic_json_dump, atomic_torch_save,
+                                     capture_rng_state, load_checkpoint, restore_rng_state, unwrap_model)
 from src.training.optim import build_scheduler, param_groups
 from src.training.perf import count_params, measure_speed, size_mb
 from src.training.plots import plot_history
@@ -69,6 +70,8 @@ class TrainConfig:
     limit_val_batches: float | int | None = None
     # parameter-name prefix -> its own learning rate (param_groups), e.g. a pretrained text model
     prefix_lrs: dict = field(default_factory=dict)
+    tensorboard: bool = False         # event files in the run directory (src.training.board)
+    tensorboard_every: int = 50       # optimizer steps between step scalars
     # validate every N epochs (and always after the last one): autoregressive OCR decoding of a real
     # validation set can take longer than the epoch's training
     val_every: int = 1
@@ -86,7 +89,9 @@ def build_train_config(args, **overrides) -> TrainConfig:
                       seed=args.seed,
                       deterministic=args.deterministic, show_plot=args.plot,
                       ema_decay=getattr(args, "ema_decay", None), val_every=max(1, getattr(args, "val_every", 1)),
-                      limit_val_batches=getattr(args, "limit_val_batches", None))
+                      limit_val_batches=getattr(args, "limit_val_batches", None),
+                      tensorboard=getattr(args, "tensorboard", False),
+                      tensorboard_every=getattr(args, "tensorboard_every", 50))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -160,6 +165,7 @@ class TrainState:
         self.model, self.task, self.optimizer, self.scheduler = model, task, optimizer, scheduler
         self.scaler, self.ema, self.stopper = scaler, ema, stopper
         self.history: dict[str, list] = {}
+        self.board: Board | None = None    # --tensorboard (rank 0): not part of last.pt
         self.epoch, self.train_time = 0, 0.0
 
     def _parts(self) -> dict[str, Any]:
@@ -226,11 +232,16 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
         train_model = torch.compile(train_model)
     eval_model = state.ema.module if state.ema is not None else (torch.compile(model) if cfg.compile else model)
     stopped_early = state.stopper.should_stop
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        if stopped_early:
-            break
-        stopped_early = _fit_epoch(state, epoch, train_model, eval_model, train_loader, valid_loader, cfg, run_dir,
-                                   device, dist, autocast, args_record)
+    state.board = Board(run_dir) if cfg.tensorboard and dist.is_main else None
+    try:
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            if stopped_early:
+                break
+            stopped_early = _fit_epoch(state, epoch, train_model, eval_model, train_loader, valid_loader, cfg,
+                                       run_dir, device, dist, autocast, args_record)
+    finally:
+        if state.board is not None:
+            state.board.close()
     D.barrier()
     return _finish(model, task, valid_loader, dict(test_loaders or {}), cfg, run_dir, device, dist, state,
                    stopped_early, autocast, amp_dtype)
@@ -296,6 +307,10 @@ def _fit_epoch(state: TrainState, epoch: int, train_model, eval_model, train_loa
                                                 row[task.monitor], args_record), os.path.join(run_dir, "best_model.pt"))
             state.save(os.path.join(run_dir, "last.pt"), args_record)
             atomic_json_dump(state.history, os.path.join(run_dir, "history.json"))
+            atomic_csv_dump(state.history, os.path.join(run_dir, "results.csv"))
+        if state.board is not None:
+            state.board.epoch(epoch, row, task.sample_figure("valid", f"validation, epoch {epoch}") if validate
+                              else None)
     metrics_txt = (" ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("valid_")) if validate
                    else f"(validation every {cfg.val_every} epochs)")
     log.info("epoch %d/%d train_loss=%.4f %s lr=%.2e time=%.1fs data=%.1fs %.1f samples/s%s%s",
@@ -384,6 +399,9 @@ def _train_one_epoch(model, task: Task, loader, state: TrainState, autocast, cfg
             scheduler.step()
             if state.ema is not None:    # the scheduler's step count restarts with it on --resume
                 state.ema.update(state.model, step=scheduler.last_epoch)
+            if state.board is not None and loss is not None and not skip and \
+                    scheduler.last_epoch % cfg.tensorboard_every == 0:
+                state.board.step(scheduler.last_epoch, float(loss.detach()), optimizer.param_groups[-1]["lr"])
             micro, accumulated = 0, False
         bar.update(1)
         if bar.n % 5 == 0 or bar.n == len(loader):

@@ -57,7 +57,12 @@ def plot_confusion(matrix, class_names: list[str], path: str, title: str) -> Non
     plt.close(fig)
 
 
-def plot_text_samples(samples, path: str, title: str = "validation lines (best checkpoint)") -> None:
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def text_samples_figure(samples, title: str):
     """OCR samples: each line image (float (3, H, W) tensor in [0, 1]) with its truth and prediction."""
     fig, axes = plt.subplots(len(samples), 1, figsize=(8, 0.9 * len(samples) + 0.6), squeeze=False)
     for ax, (img, truth, pred) in zip(axes[:, 0], samples):
@@ -68,8 +73,7 @@ def plot_text_samples(samples, path: str, title: str = "validation lines (best c
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
@@ -94,8 +98,7 @@ def draw_grounding(image, phrases: list[str], boxes, scores=None, true_boxes=Non
     return image
 
 
-def plot_grounding_samples(samples, path: str, title: str = "validation (best checkpoint): "
-                                                            "thick = top-1 prediction, thin = truth") -> None:
+def grounding_samples_figure(samples, title: str):
     """Grid of PIL images already drawn by :func:`draw_grounding`, each titled with its caption."""
     cols = min(4, len(samples))
     rows = (len(samples) + cols - 1) // cols
@@ -107,5 +110,4 @@ def plot_grounding_samples(samples, path: str, title: str = "validation (best ch
         ax.set_title(caption if len(caption) < 60 else caption[:57] + "...", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -85,6 +85,11 @@ class Task:
         forward (OCR: encoding + decoding)."""
         return model
 
+    def sample_figure(self, split: str, title: str):
+        """A matplotlib figure of the split's last evaluation's sample predictions (``None``: none):
+        ``sample_predictions.png`` at the end, and TensorBoard's image per epoch under --tensorboard."""
+        return None
+
     def final_artifacts(self, model: nn.Module, run_dir: str, device: torch.device) -> None:
         """Task files written into the run dir after the final evaluation (plots, samples)."""
 

@@ -12,7 +12,7 @@ MNV3 = "train_MobileNetV3_Small_BoT_Linear.py"
 R18 = "train_ResNet18_Hybrid.py"
 QUICK = ["--demo", "--image-size", "64", "--batch-size", "16", "--num-workers", "0"]
 
-RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
+RUN_FILES = {"config.json", "history.json", "results.csv", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
              "last.pt", "confusion_matrix.png", "confusion_matrix_test.png"}
 METRICS_KEYS = {"model_name", "task", "num_params", "trainable_params", "size_mb", "fps", "fps_batch_size",
                 "fps_image_size", "fps_device", "fps_dtype", "latency_ms", "best_epoch", "epochs_run",

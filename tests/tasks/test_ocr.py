@@ -7,7 +7,7 @@ import torch
 from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OCR = "train_vietocr.py"
-RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
+RUN_FILES = {"config.json", "history.json", "results.csv", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
              "last.pt", "sample_predictions.png"}
 SCORES = ("cer", "wer", "acc_full_seq", "acc_per_char")
 METRICS_KEYS = {"model_name", "task", "num_params", "trainable_params", "size_mb", "fps", "fps_batch_size",
@@ -39,11 +39,20 @@ QUICK = ["--model-size", "small", "--batch-size", "16", "--num-workers", "0", "-
 
 def test_run_directory_files_keys_and_predict(ocr_data, tmp_path):
     root, files = ocr_data
-    run_script(OCR, data_args(root, files) + QUICK + ["--epochs", "2", "--results-dir", str(tmp_path)], tmp_path)
+    run_script(OCR, data_args(root, files) + QUICK + ["--epochs", "2", "--tensorboard", "--results-dir", str(tmp_path)],
+               tmp_path)
     (run,) = run_dirs(tmp_path)
     assert run.name.startswith("vgg_transformer_small_")
-    assert {p.name for p in run.iterdir()} == RUN_FILES
+    (events,) = run.glob("events.out.tfevents.*")
+    assert {p.name for p in run.iterdir()} - {events.name} == RUN_FILES
     metrics, history = read_json(run / "metrics.json"), read_json(run / "history.json")
+    assert (run / "results.csv").read_text(encoding="utf-8").splitlines()[0].split(",") == list(history)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(events))
+    board.Reload()
+    assert [e.value for e in board.Scalars("valid_cer")] == pytest.approx(history["valid_cer"], rel=1e-6)
+    assert [e.step for e in board.Images("samples/valid")] == [1, 2]          # the sample lines per epoch
     assert set(metrics) == METRICS_KEYS and set(history) == HISTORY_KEYS
     assert metrics["task"] == "ocr" and metrics["epochs_run"] == 2 and metrics["data_warnings"] == {}
     assert metrics["fps_image_size"] == [32, 160] and metrics["fps"] > 0

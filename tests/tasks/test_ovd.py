@@ -9,7 +9,7 @@ import torch
 from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 OVD = "train_ovd.py"
-RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
+RUN_FILES = {"config.json", "history.json", "results.csv", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
              "last.pt", "sample_predictions.png"}
 SCORES = ("recall@1", "recall@5", "recall@10", "baseline_recall@1", "map", "map50")
 # tiny widths: the tests check behaviour, not accuracy

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import assert_same_results, kill_during_epoch_2, read_json, run_dirs, run_script
 
 REFDET = "train_yolov8n_refdet.py"
-RUN_FILES = {"config.json", "history.json", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
+RUN_FILES = {"config.json", "history.json", "results.csv", "metrics.json", "training_plot.png", "train.log", "best_model.pt",
              "last.pt", "sample_predictions.png"}
 # tiny sizes: the tests check behaviour, not accuracy. DINO fully frozen and one support view, so the
 # cache's keys are the videos and every lookup after the first epoch's first sight is a hit

@@ -237,3 +237,36 @@ def test_peak_gpu_memory_per_epoch_on_cuda(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["gpu_mem_gb"]) == 2 and all(v > 0 for v in history["gpu_mem_gb"])
     assert metrics["peak_gpu_mem_gb"] == max(history["gpu_mem_gb"])
+
+
+def test_results_csv_has_one_row_per_epoch_and_the_history_keys_as_columns(tmp_path):
+    import csv
+
+    _, _, history = _fit(tmp_path, TinyTask(values=[3.0, 2.0, 2.5, 2.5]), epochs=4, val_every=2)
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == list(history)                                     # ultralytics' results.csv, our keys
+    assert len(rows) == 1 + 4
+    column = {k: [r[i] for r in rows[1:]] for i, k in enumerate(rows[0])}
+    assert column["valid_loss"] == ["", "3.0", "", "2.0"]               # not validated: an empty cell
+    assert [float(v) for v in column["train_loss"]] == history["train_loss"]
+
+
+def test_tensorboard_event_file_holds_the_epoch_scalars_and_step_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, history = _fit(tmp_path, TinyTask(), epochs=3, tensorboard=True, tensorboard_every=2)
+    (event_file,) = tmp_path.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "valid_loss", "lr", "step/train_loss", "step/lr"} <= tags
+    for key in ("train_loss", "valid_loss", "lr"):
+        got = events.Scalars(key)
+        assert [e.step for e in got] == [1, 2, 3]
+        assert [e.value for e in got] == pytest.approx(history[key], rel=1e-6)
+    # 4 steps per epoch (32 samples, batch 8): steps 2, 4, ..., 12
+    assert [e.step for e in events.Scalars("step/train_loss")] == [2, 4, 6, 8, 10, 12]
+    (tmp_path / "off").mkdir()
+    _fit(tmp_path / "off", TinyTask(), epochs=1)
+    assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
