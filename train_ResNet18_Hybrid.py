@@ -15,6 +15,7 @@ from src.models.classifiers import build_classifier
 from src.tasks import classification
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
+from src.training.scoring import evaluate_checkpoint
 
 log = logging.getLogger("src")
 DEFAULT_MODEL = "ResNet18_Hybrid"
@@ -39,11 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         data, loaders = classification.build_data(args, run)
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
         model = build_classifier(args, len(data.class_names))
+        task = classification.build_task(args, data.class_names)
+        if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            evaluate_checkpoint(model, task, loaders, args.split, args.weights, run, args.results_dir, args.model_name or args.model,
+                                vars(args), args.amp, args.amp_dtype)
+            return 0
         run.open_dir(args.results_dir, args.model_name or args.model, args.resume, vars(args),
                      {"num_classes": len(data.class_names)})
         log.info("run dir %s | model %s (%s params) | device %s x %d", run.dir, args.model,
                  f"{sum(p.numel() for p in model.parameters()):,}", run.device, run.dist.world_size)
-        task = classification.build_task(args, data.class_names)
         fit(model, task, loaders.pop("train"), loaders.pop("valid"), build_train_config(args), run.dir, run.device,
             run.dist, test_loaders=loaders, resume_from=args.resume, args_record=vars(args))
     return 0

@@ -17,6 +17,7 @@ from src.tasks import ovd
 from src.tasks.ovd_inference import predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
+from src.training.scoring import evaluate_checkpoint
 
 log = logging.getLogger("src")
 
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
         model = ovd.build_model(args)
         name = task.model_config["model_name"]
+        if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            evaluate_checkpoint(model, task, loaders, args.split, args.weights, run, args.results_dir, name,
+                                vars(args), args.amp, args.amp_dtype)
+            return 0
         run.open_dir(args.results_dir, name, args.resume, vars(args))
         enc = model.image_encoder
         log.info("run dir %s | %s (%s params; image tokens %d x %d from stride %d; text encoder %s%s) | device %s x %d",

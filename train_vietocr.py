@@ -18,6 +18,7 @@ from src.tasks.ocr_config import schedule
 from src.tasks.ocr_inference import init_from, predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
+from src.training.scoring import evaluate_checkpoint
 
 log = logging.getLogger("src")
 
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               ctc_head=args.ctc_weight > 0, model_kwargs=args.model_kwargs)
         if args.init_from:      # e.g. VietOCR's published vgg_transformer.pth
             init_from(model, args.init_from, vocab)
+        if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            evaluate_checkpoint(model, task, loaders, args.split, args.weights, run, args.results_dir, ocr.model_name(args),
+                                vars(args), args.amp, args.amp_dtype)
+            return 0
         run.open_dir(args.results_dir, ocr.model_name(args), args.resume, vars(args), {"vocab_size": len(vocab)})
         log.info("run dir %s | %s (%s params) | device %s x %d", run.dir, ocr.model_name(args),
                  f"{sum(p.numel() for p in model.parameters()):,}", run.device, run.dist.world_size)

@@ -17,6 +17,7 @@ from src.tasks.refdet_inference import predict_main
 from src.tasks.refdet_profile import profile
 from src.training.loop import autocast_factory, build_train_config, fit, seed_everything
 from src.training.run import start_run
+from src.training.scoring import evaluate_checkpoint
 
 log = logging.getLogger("src")
 
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         task.model_config["param_breakdown"] = breakdown = model.param_breakdown()
         log.info("parameters: %s (total %s; trainable %s)", ", ".join(f"{k} {v:,}" for k, v in breakdown.items()),
                  f"{sum(breakdown.values()):,}", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+        if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            evaluate_checkpoint(model, task, data, args.split, args.weights, run, args.results_dir, task.model_config["model_name"],
+                                vars(args), args.amp, args.amp_dtype)
+            return 0
         if args.profile:
             profile(model, task.criterion, data["train"], run.device, args.profile,
                     autocast_factory(run.device, args.amp, args.amp_dtype)[0])

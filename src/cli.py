@@ -124,6 +124,11 @@ def add_output_args(parser: argparse.ArgumentParser, model_name: str) -> None:
     add_flag(g, "--save-history", action="store_true",
              help="accepted for the seed recipes: history.json and metrics.json are always written")
     add_flag(g, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e = parser.add_argument_group("evaluate")
+    add_flag(e, "--evaluate", action="store_true",
+             help="score --weights on --split of the data the flags give (the checkpoint's saved arguments build "
+                  "the model; typed flags win) and write metrics.json into a new run directory")
+    add_flag(e, "--split", default="valid", help="which split --evaluate scores (valid, test, or a test split name)")
 
 
 def parse_with_demo_defaults(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -148,6 +153,8 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     args = parse_with_demo_defaults(parser, argv, demo_defaults)
     if args.resume:
         args = restore_resumed_args(parser, argv, args)
+    if getattr(args, "evaluate", False):
+        args = restore_evaluated_args(parser, argv, args)
     if "num_workers" in vars(args) and args.num_workers > available_cpus() and "num_workers" not in \
             explicit_args(parser, argv):
         # more workers than cores only adds start-up and contention (PyTorch warns about it)
@@ -239,6 +246,27 @@ def notice(line: str, kind: str = "notice") -> None:
     import os
     if os.environ.get("RANK", "0") == "0":
         _say(f"{kind}: {line}")
+
+
+# arguments that fetch starting weights: an evaluation takes every weight from its checkpoint
+STARTING_WEIGHTS = {"pretrained": False, "pretrained_weights": None, "init_from": None, "detector_weights": None}
+
+
+def restore_evaluated_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                           args: argparse.Namespace) -> argparse.Namespace:
+    """``--evaluate --weights CKPT``: the checkpoint's saved arguments come back, so the task, data and
+    model are built as the training run built them; flags typed now win (another data root, split, beam
+    size). Nothing downloads or loads starting weights (:data:`STARTING_WEIGHTS`)."""
+    from src.training.checkpoint import load_checkpoint
+
+    if not getattr(args, "weights", None):
+        raise DataError("--evaluate needs --weights RUN/best_model.pt", param="weights")
+    saved = load_checkpoint(args.weights).get("args") or {}
+    typed = explicit_args(parser, argv)
+    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}, **typed}
+    merged.update({k: v for k, v in STARTING_WEIGHTS.items() if k in merged})
+    merged.update(resume=None, evaluate=True, weights=args.weights, demo=False)
+    return argparse.Namespace(**merged)
 
 
 def _say(line: str) -> None:
