@@ -157,7 +157,9 @@ def add_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     add_augment_args(parser)
     i = parser.add_argument_group("inference")
     cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="print top-3 classes per image")
-    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
+    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict, --evaluate, --export")
+    cli.add_flag(i, "--export", choices=["onnx"], default=None,
+                 help="write --weights as ONNX beside it (image -> logits, dynamic batch), checked with ONNX Runtime")
 
 
 def add_augment_args(parser: argparse.ArgumentParser) -> None:
