@@ -3,6 +3,7 @@
 the example input before success is reported."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Sequence
 
@@ -19,11 +20,10 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, 
                 output_names: Sequence[str], dynamic_batch: bool = True) -> None:
     """Write ``module`` (eval mode, on the CPU) for ``inputs`` to ``path``; with ``dynamic_batch`` the first
     dimension of every input and output is a symbol (``batch``), so any batch size runs."""
-    try:
-        import onnxscript  # noqa: F401  (the exporter's dependency; say so before a deep ImportError)
-    except ImportError:
+    # the exporter's dependencies: say so in one line rather than with an ImportError from deep inside it
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
         raise DataError("needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime",
-                        param="export") from None
+                        param="export")
     module = module.eval().cpu()
     shapes = None
     if dynamic_batch:
