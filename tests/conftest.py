@@ -40,6 +40,37 @@ def small_dataset(tmp_path_factory) -> tuple[str, str]:
     return ensure_demo_classification(str(root / "ds"), **SMALL_DEMO)
 
 
+@pytest.fixture(scope="session")
+def reference_runs(tmp_path_factory):
+    """``case -> (scratch folder, run dir)``, each case trained once per session: the pins here and
+    ``tests/training/test_scoring.py`` (which evaluates the same checkpoints) share the runs."""
+    from tests.test_reference_runs import train_case
+
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def get(case: str) -> tuple[Path, Path]:
+        if case not in done:
+            scratch = tmp_path_factory.mktemp(case)
+            done[case] = scratch, train_case(case, scratch)
+        return done[case]
+    return get
+
+
+def _assert_close(ref, got, where: str) -> None:
+    if isinstance(ref, dict):
+        assert isinstance(got, dict) and set(ref) == set(got), (where, set(ref) ^ set(got))
+        for k in ref:
+            _assert_close(ref[k], got[k], f"{where}.{k}")
+    elif isinstance(ref, list):
+        assert isinstance(got, list) and len(ref) == len(got), where
+        for i, (a, b) in enumerate(zip(ref, got)):
+            _assert_close(a, b, f"{where}[{i}]")
+    elif isinstance(ref, float) and not isinstance(ref, bool):
+        assert got == pytest.approx(ref, abs=1e-6, nan_ok=True), (where, ref, got)
+    else:
+        assert ref == got, (where, ref, got)
+
+
 def run_script(script: str, args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in ``cwd`` with CPU-friendly settings."""

@@ -19,21 +19,15 @@ OTHER_SPLIT = {
 }
 
 
-def _one_epoch(argv: list[str]) -> list[str]:
-    i = argv.index("--epochs")
-    return argv[:i] + ["--epochs", "1"] + argv[i + 2:]
-
-
 def _figures(metrics: dict, split: str) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith(f"{split}_") and isinstance(v, (int, float))}
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_evaluate_gives_the_training_runs_figures_and_writes_a_new_run_dir(case, tmp_path):
-    script, make_args = CASES[case]
-    train_results, eval_results = tmp_path / "runs", tmp_path / "evals"
-    run_script(script, _one_epoch(make_args(tmp_path)) + ["--results-dir", str(train_results)], tmp_path)
-    (run,) = run_dirs(train_results)
+def test_evaluate_gives_the_training_runs_figures_and_writes_a_new_run_dir(case, reference_runs, tmp_path):
+    script, _ = CASES[case]
+    eval_results = tmp_path / "evals"
+    scratch, run = reference_runs(case)        # the behaviour pins' 2-epoch run, trained once per session
     before = sorted(p.name for p in run.iterdir())
     trained = read_json(run / "metrics.json")
     weights = str(run / "best_model.pt")
@@ -49,7 +43,7 @@ def test_evaluate_gives_the_training_runs_figures_and_writes_a_new_run_dir(case,
         assert scored[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
     split, extra = OTHER_SPLIT[case]
-    extra = [a.format(root=tmp_path) for a in extra]
+    extra = [a.format(root=scratch) for a in extra]
     run_script(script, ["--evaluate", "--weights", weights, "--split", split, *extra,
                         "--results-dir", str(eval_results)], tmp_path)
     (other,) = [d for d in run_dirs(eval_results) if d != evaluated]
@@ -60,14 +54,12 @@ def test_evaluate_gives_the_training_runs_figures_and_writes_a_new_run_dir(case,
     assert sorted(p.name for p in run.iterdir()) == before     # the training run is never written to
 
 
-def test_evaluate_input_errors_are_one_line(tmp_path):
+def test_evaluate_input_errors_are_one_line(reference_runs, tmp_path):
     script, make_args = CASES["resnet18_hybrid"]
-    argv = make_args(tmp_path)
-    bad = run_script(script, ["--evaluate", *argv], tmp_path, check=False)
+    bad = run_script(script, ["--evaluate", *make_args(tmp_path)], tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: --weights: --evaluate needs --weights RUN/best_model.pt")
-    run_script(script, _one_epoch(argv) + ["--results-dir", str(tmp_path / "r")], tmp_path)
-    (run,) = run_dirs(tmp_path / "r")
+    _, run = reference_runs("resnet18_hybrid")
     for split, message in (("nope", "error: --split: no split 'nope' here; the data flags give: valid, test"),
                            ("train", "error: --split: the training split is read with augmentation")):
         bad = run_script(script, ["--evaluate", "--weights", str(run / "best_model.pt"), "--split", split,
