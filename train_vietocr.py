@@ -15,7 +15,7 @@ from src import cli
 from src.models.vietocr import build_vietocr
 from src.tasks import ocr
 from src.tasks.ocr_config import schedule
-from src.tasks.ocr_inference import init_from, predict_main
+from src.tasks.ocr_inference import init_from, load_any_weights, predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
 from src.training.scoring import evaluate_checkpoint
@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from(model, args.init_from, vocab)
         if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
             evaluate_checkpoint(model, task, loaders, args.split, args.weights, run, args.results_dir, ocr.model_name(args),
-                                vars(args), args.amp, args.amp_dtype)
+                                vars(args), args.amp, args.amp_dtype,
+                                loader=lambda m, _task, path: load_any_weights(m, vocab, path))  # VietOCR's too
             return 0
         run.open_dir(args.results_dir, ocr.model_name(args), args.resume, vars(args), {"vocab_size": len(vocab)})
         log.info("run dir %s | %s (%s params) | device %s x %d", run.dir, ocr.model_name(args),

@@ -257,11 +257,12 @@ def restore_evaluated_args(parser: argparse.ArgumentParser, argv: Sequence[str] 
     """``--evaluate --weights CKPT``: the checkpoint's saved arguments come back, so the task, data and
     model are built as the training run built them; flags typed now win (another data root, split, beam
     size). Nothing downloads or loads starting weights (:data:`STARTING_WEIGHTS`)."""
-    from src.training.checkpoint import load_checkpoint
-
     if not getattr(args, "weights", None):
         raise DataError("--evaluate needs --weights RUN/best_model.pt", param="weights")
-    saved = load_checkpoint(args.weights).get("args") or {}
+    from src.training.checkpoint import torch_load_file
+    ckpt = torch_load_file(args.weights)
+    # another tool's weights file (VietOCR's state dict) has no saved arguments: the flags build the model
+    saved = (ckpt.get("args") or {}) if isinstance(ckpt, dict) and "model" in ckpt else {}
     typed = explicit_args(parser, argv)
     merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}, **typed}
     merged.update({k: v for k, v in STARTING_WEIGHTS.items() if k in merged})

@@ -40,7 +40,7 @@ def read_weights(path: str, vocab: Vocab | None = None, nhead: int | None = None
         cfg = obj.get("model_config") or {}
         if obj.get("task") != TASK_NAME or "arch" not in cfg:
             raise DataError(f"{path}: not an OCR checkpoint (its task: {obj.get('task')})")
-        return obj["model"], cfg
+        return obj["model"], {**cfg, "epoch": obj.get("epoch")}
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"{path}: neither a best_model.pt of this script nor a VietOCR state dict")
@@ -82,6 +82,18 @@ def init_from(model: nn.Module, path: str, vocab: Vocab) -> None:
                         f"build another ({len(missing)} tensors missing, {len(unfit)} of another shape or name, e.g. "
                         f"{(missing + unfit)[0]})", param="init_from")
     model.load_state_dict(state, strict=False)
+
+
+def load_any_weights(model: nn.Module, vocab: Vocab, path: str) -> int | None:
+    """``--evaluate``'s loader: a best_model.pt of this script or VietOCR's weights, strictly (every
+    tensor, a CTC head included when the model has one); the checkpoint's epoch (None for VietOCR's)."""
+    state, cfg = read_weights(path, vocab, getattr(model.transformer, "nhead", None))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(f"{path}: does not fit the model the flags build ({str(exc).splitlines()[0]})",
+                        param="weights") from None
+    return cfg.get("epoch")
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

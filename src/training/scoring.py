@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -24,18 +24,8 @@ from src.training.task import Task
 log = logging.getLogger("src")
 
 
-def evaluate_checkpoint(model: nn.Module, task: Task, loaders: Mapping[str, Any], split: str, weights: str,
-                        run: Run, results_dir: str, name: str, args_record: dict,
-                        amp: bool | None = None, amp_dtype: str = "fp16") -> dict[str, Any]:
-    """Load ``weights`` into ``model``, evaluate ``loaders[split]``, write ``metrics.json`` (figures as
-    ``<split>_<metric>``, the checkpoint, its epoch, the data warnings) in a new run directory named
-    ``<name>_eval_<split>_<date>``, print it as JSON on stdout (rank 0) and return it."""
-    splits = [s for s in loaders if s != "train"]
-    if split == "train":
-        raise DataError("the training split is read with augmentation (and, for refdet, as episodes); score "
-                        f"{' or '.join(splits)}, or give the training data as a test split", param="split")
-    if split not in loaders:
-        raise DataError(f"no split {split!r} here; the data flags give: {', '.join(splits)}", param="split")
+def load_weights(model: nn.Module, task: Task, weights: str) -> int | None:
+    """This project's checkpoint into ``model``; its epoch."""
     ckpt = load_checkpoint(weights)
     if ckpt.get("task") not in (None, task.name):
         raise DataError(f"{weights}: a {ckpt.get('task')} checkpoint, not a {task.name} one", param="weights")
@@ -44,6 +34,24 @@ def evaluate_checkpoint(model: nn.Module, task: Task, loaders: Mapping[str, Any]
     except RuntimeError as exc:
         raise DataError(f"{weights}: does not fit the model its arguments build ({str(exc).splitlines()[0]})",
                         param="weights") from None
+    return ckpt.get("epoch")
+
+
+def evaluate_checkpoint(model: nn.Module, task: Task, loaders: Mapping[str, Any], split: str, weights: str,
+                        run: Run, results_dir: str, name: str, args_record: dict,
+                        amp: bool | None = None, amp_dtype: str = "fp16",
+                        loader: Callable[[nn.Module, Task, str], int | None] = load_weights) -> dict[str, Any]:
+    """Load ``weights`` into ``model`` (``loader``: :func:`load_weights`, or a task's own for another
+    tool's files), evaluate ``loaders[split]``, write ``metrics.json`` (figures as ``<split>_<metric>``,
+    the checkpoint, its epoch, the data warnings) in a new run directory named
+    ``<name>_eval_<split>_<date>``, print it as JSON on stdout (rank 0) and return it."""
+    splits = [s for s in loaders if s != "train"]
+    if split == "train":
+        raise DataError("the training split is read with augmentation (and, for refdet, as episodes); score "
+                        f"{' or '.join(splits)}, or give the training data as a test split", param="split")
+    if split not in loaders:
+        raise DataError(f"no split {split!r} here; the data flags give: {', '.join(splits)}", param="split")
+    epoch = loader(model, task, weights)
     model.to(run.device)
     run.open_dir(results_dir, f"{name}_eval_{split}", None, args_record)
     autocast = autocast_factory(run.device, amp, amp_dtype)[0]
@@ -52,7 +60,7 @@ def evaluate_checkpoint(model: nn.Module, task: Task, loaders: Mapping[str, Any]
     for state in D.all_gather_objects(task.warnings.state()):
         warnings.load_state(state)
     metrics = {"model_name": task.model_config.get("model_name", task.name), "task": task.name, "split": split,
-               "weights": os.path.abspath(weights), "weights_epoch": ckpt.get("epoch"),
+               "weights": os.path.abspath(weights), "weights_epoch": epoch,
                **{f"{split}_{k}": v for k, v in figures.items()}, **task.summary(),
                "data_warnings": warnings.counts()}
     if run.is_main:

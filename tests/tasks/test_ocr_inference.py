@@ -130,3 +130,19 @@ def test_init_from_a_vietocr_layout_file_starts_training_from_its_weights(tmp_pa
                            "--num-workers", "0", "--results-dir", str(tmp_path / "r2")], tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --init-from: ")
     assert "Traceback" not in bad.stderr
+
+
+def test_evaluate_scores_vietocr_weights(tmp_path):
+    """--evaluate takes VietOCR's own weights file like a best_model.pt (the flags build its model)."""
+    from src.data.demo_ocr import ensure_demo_ocr
+
+    files = ensure_demo_ocr(str(tmp_path / "data"), counts=(4, 6, 4))
+    torch.save(vietocr_state_dict("vgg_transformer"), tmp_path / "vgg_transformer.pth")
+    run_script(OCR, ["--evaluate", "--weights", str(tmp_path / "vgg_transformer.pth"), "--data-root",
+                     str(tmp_path / "data"), "--train-annotation", files["train"], "--valid-annotation", files["valid"],
+                     "--max-decode-len", "4", "--num-workers", "0", "--batch-size", "8",
+                     "--results-dir", str(tmp_path / "e")], tmp_path)
+    (run,) = (tmp_path / "e").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert run.name.startswith("vgg_transformer_eval_valid_") and metrics["weights_epoch"] is None
+    assert metrics["valid_cer"] >= 0 and 0 <= metrics["valid_acc_full_seq"] <= 1
