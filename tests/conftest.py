@@ -56,21 +56,6 @@ def reference_runs(tmp_path_factory):
     return get
 
 
-def _assert_close(ref, got, where: str) -> None:
-    if isinstance(ref, dict):
-        assert isinstance(got, dict) and set(ref) == set(got), (where, set(ref) ^ set(got))
-        for k in ref:
-            _assert_close(ref[k], got[k], f"{where}.{k}")
-    elif isinstance(ref, list):
-        assert isinstance(got, list) and len(ref) == len(got), where
-        for i, (a, b) in enumerate(zip(ref, got)):
-            _assert_close(a, b, f"{where}[{i}]")
-    elif isinstance(ref, float) and not isinstance(ref, bool):
-        assert got == pytest.approx(ref, abs=1e-6, nan_ok=True), (where, ref, got)
-    else:
-        assert ref == got, (where, ref, got)
-
-
 def run_script(script: str, args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in ``cwd`` with CPU-friendly settings."""

@@ -8,6 +8,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from src.data.loading import DataWarnings
 from src.training import distributed as D
 from src.training.task import Task, skipped, usable
 
@@ -22,6 +23,14 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device, non_blocking) for v in batch)
     return batch
+
+
+def gathered_warnings(task: Task) -> DataWarnings:
+    """Every rank's data warnings of ``task``, merged (the same counts on every rank)."""
+    merged = DataWarnings()
+    for state in D.all_gather_objects(task.warnings.state()):
+        merged.load_state(state)
+    return merged
 
 
 @torch.no_grad()

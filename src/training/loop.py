@@ -23,10 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from src.data.loading import DataWarnings
 from src.errors import DataError, TrainingError
 from src.training import distributed as D
-from src.training.evaluate import evaluate, to_device
+from src.training.evaluate import evaluate, gathered_warnings, to_device
 from src.training.board import Board
 from src.training.checkpoint import (FORMAT_VERSION, atomic_csv_dump, atomic_json_dump, atomic_torch_save,
                                      capture_rng_state, load_checkpoint, restore_rng_state, unwrap_model)
@@ -471,9 +470,7 @@ def _finish(model, task: Task, valid_loader, test_loaders: dict, cfg, run_dir, d
     final = {}
     for name, loader in {"valid": valid_loader, **test_loaders}.items():
         final.update({f"{name}_{k}": v for k, v in evaluate(model, task, loader, device, name, autocast).items()})
-    merged = DataWarnings()
-    for warnings in D.all_gather_objects(task.warnings.state()):
-        merged.load_state(warnings)
+    merged = gathered_warnings(task)
     if not dist.is_main:
         return {}
     total, trainable = count_params(model)

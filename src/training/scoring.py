@@ -12,11 +12,9 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from src.data.loading import DataWarnings
 from src.errors import DataError
-from src.training import distributed as D
 from src.training.checkpoint import atomic_json_dump, load_checkpoint
-from src.training.evaluate import evaluate
+from src.training.evaluate import evaluate, gathered_warnings
 from src.training.loop import autocast_factory
 from src.training.run import Run
 from src.training.task import Task
@@ -56,9 +54,7 @@ def evaluate_checkpoint(model: nn.Module, task: Task, loaders: Mapping[str, Any]
     run.open_dir(results_dir, f"{name}_eval_{split}", None, args_record)
     autocast = autocast_factory(run.device, amp, amp_dtype)[0]
     figures = evaluate(model, task, loaders[split], run.device, split, autocast)
-    warnings = DataWarnings()
-    for state in D.all_gather_objects(task.warnings.state()):
-        warnings.load_state(state)
+    warnings = gathered_warnings(task)
     metrics = {"model_name": task.model_config.get("model_name", task.name), "task": task.name, "split": split,
                "weights": os.path.abspath(weights), "weights_epoch": epoch,
                **{f"{split}_{k}": v for k, v in figures.items()}, **task.summary(),
