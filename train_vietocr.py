@@ -15,7 +15,8 @@ from src import cli
 from src.models.vietocr import build_vietocr
 from src.tasks import ocr
 from src.tasks.ocr_config import schedule
-from src.tasks.ocr_inference import init_from, load_any_weights, predict_main
+from src.tasks.ocr_export import export_main
+from src.tasks.ocr_inference import init_from, load_any_weights, load_recognizer, predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
 from src.training.scoring import evaluate_checkpoint
@@ -39,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vocab = ocr.build_vocab(args)
     if args.predict:
         return predict_main(args, vocab)
+    if args.export:
+        return export_main(args, vocab)
     with start_run(args.device) as run:
         task = ocr.build_task(args, vocab)
         loaders = ocr.build_data(args, run, vocab, task.warnings)
@@ -49,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.init_from:      # e.g. VietOCR's published vgg_transformer.pth
             init_from(model, args.init_from, vocab)
         if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            if args.backend == "onnxruntime":
+                task.recognizer = load_recognizer(args.weights)
             evaluate_checkpoint(model, task, loaders, args.split, args.weights, run, args.results_dir, ocr.model_name(args),
                                 vars(args), args.amp, args.amp_dtype,
                                 loader=lambda m, _task, path: load_any_weights(m, vocab, path))  # VietOCR's too

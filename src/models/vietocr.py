@@ -567,7 +567,7 @@ class VietOCRModel(nn.Module):
                 alive, tok = alive[keep], tok[keep]
                 state = seq.select_state(state, keep, keep)
             inp = tok
-        return _finish(tokens, probs, lengths)
+        return trim_decoded(tokens, probs, lengths)
 
     @torch.no_grad()
     def greedy_decode_reference(self, images: torch.Tensor, *, sos_id: int, eos_id: int, pad_id: int,
@@ -595,7 +595,7 @@ class VietOCRModel(nn.Module):
             prefix = torch.cat([prefix, tok[:, None]], dim=1)
             if bool(finished.all()):
                 break
-        return _finish(tokens, probs, lengths)
+        return trim_decoded(tokens, probs, lengths)
 
     @torch.no_grad()
     def beam_search(self, images: torch.Tensor, *, beam_size: int = 4, sos_id: int, eos_id: int, pad_id: int,
@@ -676,7 +676,7 @@ class VietOCRModel(nn.Module):
             fin_tok, fin_lp, fin_score, fin_len = fin_tok[keep], fin_lp[keep], fin_score[keep], fin_len[keep]
         pos = torch.arange(max_len, device=device)
         out_prob = out_prob * (pos < out_len[:, None])
-        return _finish(out_tok, out_prob, out_len)
+        return trim_decoded(out_tok, out_prob, out_len)
 
     @torch.no_grad()
     def beam_search_sequential(self, images: torch.Tensor, *, beam_size: int = 4, sos_id: int, eos_id: int,
@@ -704,7 +704,7 @@ class VietOCRModel(nn.Module):
         return (logp * valid).sum(1) / valid.sum(1).clamp_min(1)
 
 
-def _finish(tokens: torch.Tensor, probs: torch.Tensor, lengths: torch.Tensor) -> DecodeResult:
+def trim_decoded(tokens: torch.Tensor, probs: torch.Tensor, lengths: torch.Tensor) -> DecodeResult:
     """Trim to the longest line; confidence = mean probability of the chosen tokens, eos included.
 
     VietOCR's ``translate`` averages only character tokens (ids > 3): eos is left out, and characters a

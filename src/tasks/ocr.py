@@ -55,6 +55,7 @@ class OCRTask(Task):
         self.vocab = vocab
         self.label_smoothing, self.masked_lm, self.ctc_weight = label_smoothing, masked_lm, ctc_weight
         self.beam_size, self.max_decode_len = beam_size, max_decode_len
+        self.recognizer = None      # an OnnxRecognizer under --backend onnxruntime
         self._samples: dict[str, list[tuple[torch.Tensor, str, str]]] = {}
 
     def loss(self, logits: torch.Tensor, tgt_output: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,11 @@ class OCRTask(Task):
         memory = model.encode(batch["image"])
         logits = model.teacher_forced(memory, batch["tgt_input"], batch["tgt_padding_mask"])
         meter.add_loss(float(self.loss(logits, batch["tgt_output"])), int((batch["tgt_output"] != PAD).sum()))
-        ids, _ = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len, memory=memory)
+        if self.recognizer is not None:     # --backend onnxruntime: the exported pair decodes, greedily
+            ids = self.recognizer.decode(batch["image"], SOS, EOS, PAD, self.max_decode_len).tokens
+        else:
+            ids, _ = decode_batch(model, batch["image"], SOS, EOS, PAD, self.beam_size, self.max_decode_len,
+                                  memory=memory)
         preds = [self.vocab.decode(row) for row in ids.tolist()]
         meter.update(batch["text"], preds)
         samples = self._samples[split]
@@ -185,6 +190,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  help="best_model.pt, or VietOCR's own weights (vgg_transformer.pth), for --predict")
     cli.add_flag(i, "--quantize", choices=["none", "int8"], default="none",
                  help="int8 dynamic quantization of Linear layers for CPU inference")
+    cli.add_flag(i, "--export", choices=["onnx"], default=None,
+                 help="write --weights as two ONNX files beside it (CNN + encoder, one decoder step with its cache)")
+    cli.add_flag(i, "--backend", choices=["torch", "onnxruntime"], default="torch",
+                 help="--predict/--evaluate: decode with PyTorch, or greedily with the --export onnx pair on the CPU")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -204,6 +213,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         files = {split: os.path.join(args.demo_dir, f"{split}.txt") for split in ("train", "valid", "test")}
         args = cli.with_values(args, data_root=args.demo_dir, train_annotation=files["train"],
                                valid_annotation=files["valid"], test_annotation=files["test"])
+    if args.backend == "onnxruntime" and (args.beam_size > 1 or args.quantize != "none"):
+        raise DataError("the exported pair decodes greedily, unquantized: use --beam-size 1 and --quantize none, or "
+                        "--backend torch", param="backend")
     return args
 
 

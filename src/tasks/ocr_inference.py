@@ -2,6 +2,7 @@
 batched by line width, greedy with a KV cache or beam search; ``--predict``."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -13,6 +14,7 @@ from src.data.images import BadImage, load_rgb
 from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, WidthBucketBatchSampler, line_tensor, resized_width
 from src.errors import DataError
 from src.models.vietocr import build_vietocr, config_from_state_dict, decode_batch
+from src.models.vietocr_onnx import OnnxRecognizer
 from src.training.checkpoint import torch_load_file
 from src.training.run import start_run
 
@@ -102,8 +104,23 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model.cpu(), {nn.Linear}, dtype=torch.qint8)
 
 
+def onnx_paths(weights: str) -> tuple[str, str]:
+    stem = os.path.splitext(weights)[0]
+    return f"{stem}.encoder.onnx", f"{stem}.decoder.onnx"
+
+
+def load_recognizer(weights: str) -> OnnxRecognizer:
+    """``--backend onnxruntime``: the pair exported from ``weights``, or one line saying how to make it."""
+    paths = onnx_paths(weights)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{missing[0]} not found: export it first (python train_vietocr.py --export onnx --weights "
+                        f"{weights})", param="backend")
+    return OnnxRecognizer(*paths)
+
+
 @torch.no_grad()
-def decode_images(model: nn.Module, images: Sequence[Image.Image], device: torch.device, batch_size: int = 32,
+def decode_images(model: nn.Module | OnnxRecognizer, images: Sequence[Image.Image], device: torch.device, batch_size: int = 32,
                   beam_size: int = 1, max_len: int = 128, min_width: int = 32,
                   max_width: int = 512) -> list[tuple[list[int], float]]:
     """Decoded token ids (as :func:`decode_batch` returns them) and confidence for each PIL image, in
@@ -116,7 +133,10 @@ def decode_images(model: nn.Module, images: Sequence[Image.Image], device: torch
     out: list[tuple[list[int], float] | None] = [None] * len(images)
     for idx in WidthBucketBatchSampler(widths, batch_size, shuffle=False):
         x = torch.stack([line_tensor(images[i], widths[i]) for i in idx]).to(device).float().div_(255)
-        ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
+        if isinstance(model, OnnxRecognizer):      # --backend onnxruntime: greedy only (parse_args checks)
+            ids, conf = model.decode(x, SOS, EOS, PAD, max_len)
+        else:
+            ids, conf = decode_batch(model, x, SOS, EOS, PAD, beam_size, max_len)
         for i, row, c in zip(idx, ids.tolist(), conf.tolist()):
             out[i] = (row, float(c))
     return out  # type: ignore[return-value]
@@ -142,6 +162,8 @@ def predict_main(args, vocab: Vocab) -> int:
 def _predict(args, vocab: Vocab, device: torch.device) -> int:
     model, vocab, cfg = load_for_inference(args.weights, device, args.quantize, vocab,
                                            dict(args.model_kwargs).get("nhead"))
+    if args.backend == "onnxruntime":          # the vocabulary and widths still come from the weights file
+        model = load_recognizer(args.weights)
     images, paths, failed = [], [], 0
     for path in args.predict:
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Sequence
+import warnings
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,30 +18,54 @@ log = logging.getLogger("src")
 
 
 def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, input_names: Sequence[str],
-                output_names: Sequence[str], dynamic_batch: bool = True) -> None:
-    """Write ``module`` (eval mode, on the CPU) for ``inputs`` to ``path``; with ``dynamic_batch`` the first
-    dimension of every input and output is a symbol (``batch``), so any batch size runs."""
+                output_names: Sequence[str], dynamic_batch: bool = True,
+                dynamic: Sequence[Mapping[int, str] | None] | None = None, legacy: bool = False,
+                output_dynamic: Sequence[Mapping[int, str] | None] | None = None) -> None:
+    """Write ``module`` (eval mode, on the CPU) for ``inputs`` to ``path``.
+
+    ``dynamic``: per input, its symbolic dimensions ``{axis: name}`` (one name = one size across
+    inputs); without it, ``dynamic_batch`` makes the first dimension of every input ``batch``.
+    ``legacy``: PyTorch's TorchScript-based exporter instead of ``torch.export`` (for modules the
+    latter cannot decompose yet, such as a bidirectional GRU in torch 2.14); it also takes the outputs'
+    symbolic dimensions (``output_dynamic``).
+    """
     # the exporter's dependencies: say so in one line rather than with an ImportError from deep inside it
     if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
         raise DataError("needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime",
                         param="export")
     module = module.eval().cpu()
-    shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        shapes = tuple({0: batch} for _ in inputs)
-    program = torch.onnx.export(module, inputs, input_names=list(input_names), output_names=list(output_names),
-                                dynamic_shapes=shapes, dynamo=True, verbose=False)
+    if dynamic is None:
+        dynamic = [{0: "batch"} if dynamic_batch else None for _ in inputs]
+    if legacy:
+        axes = {n: dict(d) for n, d in zip(list(input_names) + list(output_names),
+                                           list(dynamic) + list(output_dynamic or [])) if d}
+        with warnings.catch_warnings():    # its deprecation notice, once per export: not the user's concern
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, inputs, path, input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=axes, dynamo=False, opset_version=17)
+        return
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = tuple(None if d is None else {axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=65536))
+                                           for axis, name in d.items()} for d in dynamic)
+    with warnings.catch_warnings():
+        # inputs sharing a symbolic size (one Dim object) make the exporter note that it keeps one name
+        warnings.filterwarnings("ignore", message="# The axis name")
+        program = torch.onnx.export(module, inputs, input_names=list(input_names), output_names=list(output_names),
+                                    dynamic_shapes=shapes, dynamo=True, verbose=False)
     program.save(path)
 
 
-def check_onnx(path: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], atol: float = 1e-4) -> float:
+def check_onnx(path: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], atol: float = 1e-4,
+               input_names: Sequence[str] | None = None) -> float:
     """Run ``path`` with ONNX Runtime and ``module`` with PyTorch on ``inputs``; the largest absolute
-    difference of any output, or :class:`TrainingError` when it is above ``atol``."""
+    difference of any output, or :class:`TrainingError` when it is above ``atol``. With ``input_names``
+    (the export's), inputs the graph dropped as unused are left out of its feed."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), inputs)}
+    names = list(input_names) if input_names else [i.name for i in session.get_inputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    feed = {n: x.detach().cpu().numpy() for n, x in zip(names, inputs) if n in wanted}
     got = session.run(None, feed)
     with torch.no_grad():
         ref = module.eval().cpu()(*inputs)
