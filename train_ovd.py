@@ -4,6 +4,7 @@
     python train_ovd.py --data-root data/flickr30k_entities --pretrained --batch-size 32 --epochs 30
     python train_ovd.py --data-root data/flickr30k_entities --pretrained --text-encoder roberta-base  # MDETR's
     python train_ovd.py --predict IMG --phrases "a red circle" "the blue square" --weights RUN/best_model.pt
+    python train_ovd.py --export onnx --weights RUN/best_model.pt      # RUN/best_model.onnx, checked with ONNX Runtime
 
 Data: the Flickr30k Entities layout. Recipes: docs/train_ovd.md.
 """
@@ -14,6 +15,7 @@ from typing import Sequence
 
 from src import cli
 from src.tasks import ovd
+from src.tasks.ovd_export import export_main
 from src.tasks.ovd_inference import predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
@@ -37,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ovd.parse_args(build_parser(), argv)
     if args.predict:
         return predict_main(args)
+    if args.export:
+        return export_main(args)
     with start_run(args.device) as run:
         task = ovd.build_task(args)
         loaders = ovd.build_data(args, run, task.warnings)

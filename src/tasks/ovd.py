@@ -175,7 +175,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("inference")
     cli.add_flag(i, "--predict", nargs="+", default=None, metavar="IMG", help="ground --phrases in each image")
     cli.add_flag(i, "--phrases", nargs="+", default=None, metavar="PHRASE")
-    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
+    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict, --evaluate, --export")
+    cli.add_flag(i, "--export", choices=["onnx"], default=None, help="write --weights as ONNX beside it (image + "
+                 "tokenized phrases -> boxes, logits; dynamic sizes), checked with ONNX Runtime")
     cli.add_flag(i, "--top-k", type=int, default=1, help="boxes printed per phrase")
     cli.add_flag(i, "--output", default=None, metavar="DIR",
                  help="where annotated images go (default: RUN_DIR/predictions next to --weights)")
