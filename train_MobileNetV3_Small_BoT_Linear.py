@@ -14,6 +14,7 @@ from src import cli
 from src.models.classifiers import build_classifier
 from src.tasks import classification
 from src.tasks.classification_export import export_main
+from src.tasks.classification_inference import predict_main
 from src.training.loop import build_train_config, fit, seed_everything
 from src.training.run import start_run
 from src.training.scoring import evaluate_checkpoint
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = classification.parse_args(build_parser(), argv)
     if args.predict:
-        return classification.predict_main(args)
+        return predict_main(args)
     if args.export:
         return export_main(args)
     with start_run(args.device) as run:

@@ -1,13 +1,13 @@
 """Image classification, the plugin of both classification scripts: the task (training step,
-validation step and meter, confusion matrices), its flags, data and ``--predict``. The scripts differ
-only in their default ``--model`` and their seed documents' defaults (:data:`SCRIPT_DEFAULTS`)."""
+validation step and meter, confusion matrices), its flags and data (``--predict``:
+:mod:`src.tasks.classification_inference`). The scripts differ only in their default ``--model`` and
+their seed documents' defaults (:data:`SCRIPT_DEFAULTS`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import math
 import os
-import sys
 from typing import Sequence
 
 import torch
@@ -19,17 +19,14 @@ from torch import nn
 
 from src import cli
 from src.errors import DataError
-from src.data.classification import (Augment, ClassificationData, augment_transform, base_transform,
-                                     build_classification_data)
+from src.data.classification import Augment, ClassificationData, build_classification_data
 from src.data.demo_classification import ensure_demo_classification
-from src.data.images import BadImage, load_rgb_tensor
 from src.data.loading import make_loader
 from src.metrics.classification import ClassificationMeter, confusion
-from src.models.classifiers import MODELS, create_classifier
-from src.training.checkpoint import load_checkpoint
+from src.models.classifiers import MODELS
 from src.training.distributed import all_reduce_sum
 from src.training.plots import plot_confusion
-from src.training.run import Run, start_run
+from src.training.run import Run
 from src.training.task import Task
 
 log = logging.getLogger("src")
@@ -252,47 +249,3 @@ def build_data(args, run: Run) -> tuple[ClassificationData, dict]:
     log.info("data: %d train / %d valid / %d test images, %d classes", len(data.train), len(data.valid),
              len(data.test) if data.test else 0, len(data.class_names))
     return data, loaders
-
-
-def load_for_inference(weights: str, device: torch.device):
-    """Rebuild the model a ``best_model.pt`` was trained as (no timm download needed)."""
-    ckpt = load_checkpoint(weights)
-    cfg = ckpt.get("model_config") or {}
-    if ckpt.get("task") != ClassificationTask.name or "model" not in cfg:
-        raise DataError(f"{weights}: not a classification checkpoint of this project")
-    model = create_classifier(cfg["model"], cfg["num_classes"], cfg["heads"], cfg["reduction"], cfg["dropout"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg
-
-
-@torch.no_grad()
-def predict_images(model: nn.Module, paths: list[str], image_size: int, class_names: list[str],
-                   device: torch.device, top_k: int = 3) -> list[tuple[str, list[tuple[str, float]] | str]]:
-    """Top-k (class, probability) per image, or an error reason for unreadable images."""
-    base, to_input = base_transform(image_size), augment_transform(train=False)
-    results = []
-    for path in paths:
-        try:
-            x = to_input(base(load_rgb_tensor(path)))[None].to(device)
-        except BadImage as exc:
-            results.append((path, exc.reason))
-            continue
-        probs = model(x).float().softmax(1)[0]
-        top = probs.topk(min(top_k, len(class_names)))
-        results.append((path, [(class_names[i], float(p)) for p, i in zip(top.values, top.indices)]))
-    return results
-
-
-def predict_main(args) -> int:
-    if not args.weights:
-        raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
-    with start_run(args.device) as run:
-        model, cfg = load_for_inference(args.weights, run.device)
-        failed = 0
-        for path, result in predict_images(model, args.predict, cfg["image_size"], cfg["class_names"], run.device):
-            if isinstance(result, str):
-                print(f"{path}\terror: {result}", file=sys.stderr)
-                failed += 1
-            else:
-                print(f"{path}\t" + "\t".join(f"{name} {p:.4f}" for name, p in result))
-    return 1 if failed else 0

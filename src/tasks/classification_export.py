@@ -10,24 +10,30 @@ import logging
 import os
 
 import torch
+from torch import nn
 
 from src.errors import DataError
-from src.tasks.classification import load_for_inference
+from src.tasks.classification_inference import load_for_inference
 from src.training.export import check_onnx, export_onnx
 
 log = logging.getLogger("src")
 
 
+def export_classifier(model: nn.Module, size: int, path: str) -> float:
+    """Write ``model`` (image (N, 3, size, size) -> logits) to ``path``, checked with ONNX Runtime at another
+    batch than the export's (so the dynamic batch is checked too); the max abs difference."""
+    g = torch.Generator().manual_seed(0)
+    export_onnx(model, (torch.randn(2, 3, size, size, generator=g),), path, ["image"], ["logits"])
+    return check_onnx(path, model, (torch.randn(3, 3, size, size, generator=g),))
+
+
 def export_main(args) -> int:
     if not args.weights:
         raise DataError("--export needs --weights RUN_DIR/best_model.pt", param="weights")
-    model, cfg = load_for_inference(args.weights, torch.device("cpu"))
+    model, cfg = load_for_inference(args.weights, torch.device("cpu"), fold=True)
     size = cfg["image_size"]
     path = os.path.splitext(args.weights)[0] + ".onnx"
-    g = torch.Generator().manual_seed(0)
-    export_onnx(model, (torch.randn(2, 3, size, size, generator=g),), path, ["image"], ["logits"])
-    # checked at another batch size than the export's, so the dynamic batch is checked too
-    diff = check_onnx(path, model, (torch.randn(3, 3, size, size, generator=g),))
+    diff = export_classifier(model, size, path)
     print(f"wrote {path}: image (N, 3, {size}, {size}) ImageNet-normalized -> logits (N, {cfg['num_classes']}); "
           f"ONNX Runtime vs PyTorch max abs difference {diff:.2e} at batch 3")
     return 0

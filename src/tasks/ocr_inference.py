@@ -13,6 +13,7 @@ from torch import nn
 from src.data.images import BadImage, load_rgb
 from src.data.ocr import EOS, IMAGE_HEIGHT, PAD, SOS, VIETOCR_VOCAB, Vocab, WidthBucketBatchSampler, line_tensor, resized_width
 from src.errors import DataError
+from src.models.layers.fold import fold_conv_bn
 from src.models.vietocr import build_vietocr, config_from_state_dict, decode_batch
 from src.models.vietocr_onnx import OnnxRecognizer
 from src.training.checkpoint import torch_load_file
@@ -59,13 +60,16 @@ def read_weights(path: str, vocab: Vocab | None = None, nhead: int | None = None
 
 
 def load_for_inference(weights: str, device: torch.device, quantize: str = "none", vocab: Vocab | None = None,
-                       nhead: int | None = None):
-    """(model in eval mode, vocab, model_config) from :func:`read_weights`'s file."""
+                       nhead: int | None = None, fold: bool = False):
+    """(model in eval mode, vocab, model_config) from :func:`read_weights`'s file; ``fold``: the CNN's
+    Conv+BN pairs folded (:mod:`src.models.layers.fold`)."""
     state, cfg = read_weights(weights, vocab, nhead)
     vocab = Vocab(cfg["vocab"])
     model = build_vietocr(cfg["arch"], len(vocab), cfg["model_size"], ctc_head=cfg.get("ctc_head", False),
                           model_kwargs=cfg.get("model_kwargs"))
     model.load_state_dict(state)
+    if fold:
+        fold_conv_bn(model)
     model = model.to(device).eval()
     if quantize == "int8":
         model = quantize_int8(model)
@@ -161,7 +165,7 @@ def predict_main(args, vocab: Vocab) -> int:
 
 def _predict(args, vocab: Vocab, device: torch.device) -> int:
     model, vocab, cfg = load_for_inference(args.weights, device, args.quantize, vocab,
-                                           dict(args.model_kwargs).get("nhead"))
+                                           dict(args.model_kwargs).get("nhead"), fold=True)
     if args.backend == "onnxruntime":          # the vocabulary and widths still come from the weights file
         model = load_recognizer(args.weights)
     images, paths, failed = [], [], 0

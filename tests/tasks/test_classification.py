@@ -152,7 +152,8 @@ def test_torchrun_two_ranks_reduces_metrics(demo_workdir, tmp_path):
     # the ranks' shards (9 + 9 images) were gathered, not just rank 0's
     from src.data.classification import build_classification_data
     from src.data.loading import make_loader
-    from src.tasks.classification import ClassificationTask, load_for_inference
+    from src.tasks.classification import ClassificationTask
+    from src.tasks.classification_inference import load_for_inference
 
     model, cfg = load_for_inference(str(run / "best_model.pt"), torch.device("cpu"))
     root = demo_workdir / "data/demo/classification"

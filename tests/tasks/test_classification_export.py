@@ -12,7 +12,7 @@ from tests.test_reference_runs import CASES
 @pytest.mark.parametrize("case", ["mobilenetv3", "resnet18_hybrid"])
 def test_exported_classifier_matches_pytorch_at_any_batch(case, reference_runs, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from src.tasks.classification import load_for_inference
+    from src.tasks.classification_inference import load_for_inference
 
     script, _ = CASES[case]
     run = tmp_path / "run"          # a copy of the behaviour pins' checkpoint: the export is written beside it
