@@ -15,8 +15,8 @@ functions), then:
 Rows: both classifiers (224 px), the VGG CNN + transformer encoder of VietOCR (160 and 480 px wide lines),
 OCR end to end (encoder + greedy decoding of ``--tokens`` tokens with the KV cache: PyTorch's
 ``greedy_decode`` vs :class:`src.models.vietocr_onnx.OnnxRecognizer`; eos is made unreachable, so every
-line decodes exactly ``--tokens`` tokens on both sides), and the models of the other scripts when their
-export modules exist (``src.tasks.refdet_export``, ``src.tasks.ovd_export``).
+line decodes exactly ``--tokens`` tokens on both sides), the OVD grounding model (Swin-T, 224 px) and
+the refdet detector + head and support encoder.
 
     python -m bench.onnx_cpu                       # 1 thread, batch 16 (OCR) / 8 (classifiers)
     python -m bench.onnx_cpu --threads 2 --quick
@@ -155,6 +155,27 @@ def ocr_rows(table: Table, tmp: str) -> None:
                   "ONNX Runtime", ts["ort"], "tokens identical" if same else "tokens DIFFER: FAILED")
 
 
+def ovd_rows(table: Table, tmp: str) -> None:
+    """The grounding model at the script's default size (Swin-T 224 px, 20 queries), 2 phrases per image."""
+    from src.models.ovd import build_grounding_model
+    from src.models.text_encoders import DEFAULT_BUCKETS
+    from src.tasks.ovd_export import FinalLayer, export_final_layer, text_tensors
+
+    a = table.args
+    torch.manual_seed(0)
+    model = FinalLayer(randomize_bn(build_grounding_model())).eval()
+    cfg = {"max_words": 64, "buckets": DEFAULT_BUCKETS, "image_size": 224, "num_queries": 20}   # the defaults
+    phrases = [["a man in a red shirt", "the dog"]] * a.cls_batch
+    inputs = (torch.randn(a.cls_batch, 3, 224, 224, generator=torch.Generator().manual_seed(2)),
+              *text_tensors(phrases, cfg))
+    path = os.path.join(tmp, "ovd.onnx")
+    export_final_layer(model, inputs, path, cfg)
+    sess = session(path, a.threads)
+    feed = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs)}
+    compare(table, "OVD grounding (Swin-T)", f"batch {a.cls_batch}, 224 px, 2 phrases", lambda: model(*inputs),
+            lambda: sess.run(None, feed))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -177,12 +198,7 @@ def main(argv=None) -> int:
         args.ocr_size, args.ocr_widths, args.reps, args.min_time, args.max_reps, args.warmup = "small", [160], 3, 0, 3, 1
     torch.set_num_threads(args.threads)
     table = Table(args)
-    rows = {"classifiers": classifier_rows, "ocr": ocr_rows}
-    try:                                  # the other scripts' exports, where they exist
-        from bench.onnx_cpu_detectors import ovd_rows, refdet_rows
-        rows.update(refdet=refdet_rows, ovd=ovd_rows)
-    except ImportError:
-        pass
+    rows = {"classifiers": classifier_rows, "ocr": ocr_rows, "ovd": ovd_rows}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             if name in rows:

@@ -19,9 +19,7 @@ forward, which no graph can hold. The file's metadata records what :func:`onnx_f
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +34,7 @@ from src.models.ovd import GroundingModel
 from src.models.text_encoders import HASHED
 from src.tasks.ovd_inference import load_for_inference, phrases_caption
 from src.training.checkpoint import load_checkpoint
-from src.training.export import check_onnx
+from src.training.export import check_onnx, export_onnx
 
 INPUTS = ("image", "ngram_ids", "text_mask", "phrase_mask")
 OUTPUTS = ("boxes", "logits")
@@ -105,28 +103,18 @@ def onnx_config(path: str) -> dict:
 
 
 def export_final_layer(module: FinalLayer, inputs: tuple[torch.Tensor, ...], path: str, cfg: dict) -> None:
-    """Write ``module`` for ``inputs`` to ``path`` with batch, words, n-grams and phrases dynamic (the
-    shared :func:`src.training.export.export_onnx` makes only the batch dynamic) and the metadata."""
-    dim = torch.export.Dim
-    batch, phrases = dim("batch", min=1, max=4096), dim("phrases", min=1, max=4096)
-    words = dim("words", min=1, max=cfg["max_words"])   # the text encoder's position table
-    shapes = ({0: batch}, {0: batch, 1: words, 2: dim("ngrams", min=1, max=MAX_NGRAMS)}, {0: batch, 1: words},
-              {0: batch, 1: phrases, 2: words})
-    with warnings.catch_warnings():   # one "axis name ... will not be used" per input sharing a dim: noise
-        warnings.filterwarnings("ignore", message=".*axis name")
-        program = torch.onnx.export(module.eval().cpu(), inputs, input_names=list(INPUTS), output_names=list(OUTPUTS),
-                                    dynamic_shapes=shapes, dynamo=True, verbose=False)
-    program.model.metadata_props.update({k: str(cfg[k]) for k in METADATA if k in cfg})
-    program.save(path)
+    """Write ``module`` for ``inputs`` to ``path`` with batch, words, n-grams and phrases dynamic and the
+    metadata :func:`onnx_config` reads."""
+    words = ("words", cfg["max_words"])        # the text encoder's position table bounds it
+    export_onnx(module, inputs, path, INPUTS, OUTPUTS,
+                dynamic=[{0: "batch"}, {0: "batch", 1: words, 2: ("ngrams", MAX_NGRAMS)}, {0: "batch", 1: words},
+                         {0: "batch", 1: "phrases", 2: words}],
+                metadata={k: cfg[k] for k in METADATA if k in cfg})
 
 
 def export_main(args) -> int:
     if not args.weights:
         raise DataError("--export needs --weights RUN_DIR/best_model.pt", param="weights")
-    # export_onnx's dependency check (that helper makes only the batch dynamic, so it is not used here)
-    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")):
-        raise DataError("needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime",
-                        param="export")
     # read before the model is built: rebuilding a Hugging Face encoder may need transformers or the hub
     encoder = (load_checkpoint(args.weights).get("model_config") or {}).get("text_encoder", HASHED)
     if encoder != HASHED:

@@ -19,12 +19,14 @@ log = logging.getLogger("src")
 
 def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, input_names: Sequence[str],
                 output_names: Sequence[str], dynamic_batch: bool = True,
-                dynamic: Sequence[Mapping[int, str] | None] | None = None, legacy: bool = False,
-                output_dynamic: Sequence[Mapping[int, str] | None] | None = None) -> None:
+                dynamic: Sequence[Mapping[int, str | tuple[str, int]] | None] | None = None, legacy: bool = False,
+                output_dynamic: Sequence[Mapping[int, str] | None] | None = None,
+                metadata: Mapping[str, object] | None = None) -> None:
     """Write ``module`` (eval mode, on the CPU) for ``inputs`` to ``path``.
 
-    ``dynamic``: per input, its symbolic dimensions ``{axis: name}`` (one name = one size across
-    inputs); without it, ``dynamic_batch`` makes the first dimension of every input ``batch``.
+    ``dynamic``: per input, its symbolic dimensions ``{axis: name}`` or ``{axis: (name, largest size)}``
+    (one name = one size across inputs); without it, ``dynamic_batch`` makes the first dimension of
+    every input ``batch``. ``metadata``: key/value pairs written into the file (ONNX metadata_props).
     ``legacy``: PyTorch's TorchScript-based exporter instead of ``torch.export`` (for modules the
     latter cannot decompose yet, such as a bidirectional GRU in torch 2.14); it also takes the outputs'
     symbolic dimensions (``output_dynamic``).
@@ -45,13 +47,18 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, 
                               dynamic_axes=axes, dynamo=False, opset_version=17)
         return
     dims: dict[str, torch.export.Dim] = {}
-    shapes = tuple(None if d is None else {axis: dims.setdefault(name, torch.export.Dim(name, min=1, max=65536))
-                                           for axis, name in d.items()} for d in dynamic)
+
+    def dim(spec):
+        name, top = (spec, 65536) if isinstance(spec, str) else spec
+        return dims.setdefault(name, torch.export.Dim(name, min=1, max=top))
+
+    shapes = tuple(None if d is None else {axis: dim(spec) for axis, spec in d.items()} for d in dynamic)
     with warnings.catch_warnings():
         # inputs sharing a symbolic size (one Dim object) make the exporter note that it keeps one name
-        warnings.filterwarnings("ignore", message="# The axis name")
+        warnings.filterwarnings("ignore", message=".*axis name")
         program = torch.onnx.export(module, inputs, input_names=list(input_names), output_names=list(output_names),
                                     dynamic_shapes=shapes, dynamo=True, verbose=False)
+    program.model.metadata_props.update({k: str(v) for k, v in (metadata or {}).items()})
     program.save(path)
 
 
