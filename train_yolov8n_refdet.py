@@ -3,6 +3,7 @@
     python train_yolov8n_refdet.py --demo                                  # synthetic drone videos, CPU minutes
     python train_yolov8n_refdet.py --data-root data/aeroeyes/train --stage 2 --pretrained
     python train_yolov8n_refdet.py --predict --data-root data/aeroeyes/public_test --weights RUN/best_model.pt
+    python train_yolov8n_refdet.py --export onnx --weights RUN/best_model.pt   # support encoder + detector
 
 Data: the Zalo AI 2025 AeroEyes layout; scored with ST-IoU. Recipes: docs/train_yolov8n_refdet.md.
 """
@@ -13,6 +14,7 @@ from typing import Sequence
 
 from src import cli
 from src.tasks import refdet, refdet_args
+from src.tasks.refdet_export import export_main
 from src.tasks.refdet_inference import predict_main
 from src.tasks.refdet_profile import profile
 from src.training.loop import autocast_factory, build_train_config, fit, seed_everything
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = refdet_args.parse_args(parser, argv)
     if args.predict:
         return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
+    if args.export:
+        return export_main(args)
     with start_run(args.device) as run:
         task = refdet.build_task(args)
         data = refdet.build_data(args, run, task.warnings)
@@ -49,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("parameters: %s (total %s; trainable %s)", ", ".join(f"{k} {v:,}" for k, v in breakdown.items()),
                  f"{sum(breakdown.values()):,}", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
         if args.evaluate:       # the checkpoint's weights on one split, into a new run directory
+            task.submission_step = args.frame_stride        # with the split's submission file
             evaluate_checkpoint(model, task, data, args.split, args.weights, run, args.results_dir, task.model_config["model_name"],
                                 vars(args), args.amp, args.amp_dtype)
             return 0

@@ -26,7 +26,7 @@ from src.losses.refdet import RefDetCriterion
 from src.metrics.meter import WithLoss
 from src.metrics.refdet import RefDetMeter
 from src.models.refdet import FrameDetector, RefDetModel, SupportCache, build_refdet_model, postprocess, to_original
-from src.tasks.refdet_inference import MODEL_KEYS
+from src.tasks.refdet_inference import MODEL_KEYS, write_submissions
 from src.training import distributed as D
 from src.training.checkpoint import load_checkpoint, unwrap_model
 from src.training.plots import draw_grounding, grounding_samples_figure, save_figure
@@ -54,6 +54,7 @@ class RefDetTask(Task):
         super().__init__(model_config, [model_config["image_size"]] * 2)
         self.criterion, self.score_threshold = criterion, score_threshold
         self.swap_negatives = swap_negatives
+        self.meters, self.submission_step = {}, None     # split -> its last RefDetMeter; --evaluate's frame step
         self.truth: dict[str, dict[str, dict]] = {}       # split -> video_id -> frame -> boxes (pixels)
         self.cache: SupportCache | None = None
         self._supports: dict[str, torch.Tensor] = {}    # video -> prototype, during one evaluation
@@ -111,7 +112,8 @@ class RefDetTask(Task):
 
     def new_meter(self, split: str) -> WithLoss:
         self._samples[split], self._supports = [], {}
-        return WithLoss(RefDetMeter(self.score_threshold, max_boxes_per_frame=1, sweep=True))
+        self.meters[split] = RefDetMeter(self.score_threshold, max_boxes_per_frame=1, sweep=True)
+        return WithLoss(self.meters[split])
 
     def validation_step(self, model: nn.Module, item: dict, meter: WithLoss, split: str) -> None:
         """One chunk of a video's frames (:class:`~src.data.refdet.VideoClips`)."""
@@ -187,6 +189,8 @@ class RefDetTask(Task):
         fig = self.sample_figure("valid", "validation (best checkpoint)")
         if fig is not None:
             save_figure(fig, os.path.join(run_dir, "sample_predictions.png"), dpi=110)
+        if self.submission_step:    # --evaluate sets it: the detections ST-IoU scored, as --predict writes them
+            write_submissions(self.meters, self.truth, run_dir, self.submission_step)
 
 
 def _frame_targets(per_frame: list, scale: float, device: torch.device):

@@ -134,7 +134,12 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("inference and profiling")
     cli.add_flag(i, "--predict", action="store_true",
                  help="write detections for every video under --data-root (challenge submission format)")
-    cli.add_flag(i, "--weights", default=None, metavar="CKPT", help="best_model.pt for --predict")
+    cli.add_flag(i, "--weights", default=None, metavar="CKPT",
+                 help="best_model.pt for --predict, --evaluate, --export")
+    cli.add_flag(i, "--export", choices=["onnx"], default=None,
+                 help="write --weights as two ONNX models beside it (support encoder: references -> support "
+                      "features; detector: frames + support features -> raw head outputs, dynamic batch), each "
+                      "checked with ONNX Runtime")
     cli.add_flag(i, "--out", default=None, metavar="JSON", help="--predict output (default predictions.json)")
     cli.add_flag(i, "--preview", default=None, metavar="DIR", help="also write annotated preview videos here")
     cli.add_flag(i, "--profile", type=int, nargs="?", const=PROFILE_BARE, default=0, metavar="N",

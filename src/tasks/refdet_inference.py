@@ -1,11 +1,13 @@
 """``train_yolov8n_refdet.py --predict``: every video of a folder through a ``best_model.pt``, frame by
 frame with the video's prototype computed once, into the challenge's submission JSON (and optional
-preview videos)."""
+preview videos); :func:`write_submissions`, the same file from an evaluation's detections."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+from typing import Mapping
 
 import torch
 
@@ -14,12 +16,13 @@ from src.data.frames import iter_video_frames
 from src.data.loading import DataWarnings
 from src.data.refdet import VideoClips
 from src.errors import DataError
-from src.metrics.refdet import submission
+from src.metrics.refdet import RefDetMeter, submission
 from src.models.refdet import RefDetModel, build_refdet_model, postprocess, to_original
 from src.training.checkpoint import atomic_json_dump, load_checkpoint
 from src.training.run import start_run
 from src.training.task import usable
 
+log = logging.getLogger("src")
 TASK_NAME = "refdet"
 # build_refdet_model's arguments recorded in a checkpoint's model_config
 MODEL_KEYS = ("dino_model", "support_size", "freeze_dino_layers", "fusion", "embed_dim", "siamese", "image_size")
@@ -54,6 +57,22 @@ def detect_video(model: RefDetModel, clips, device: torch.device,
             if scores.numel():
                 found[frame] = to_original(boxes[:1], item["scale"], item["orig_size"]).cpu().tolist()
     return found, []
+
+
+def write_submissions(meters: Mapping[str, RefDetMeter], truth: Mapping[str, Mapping], run_dir: str,
+                      frame_step: int = 1) -> list[str]:
+    """Each evaluated split's detections, those its ST-IoU scored (``RefDetMeter.predictions()``), as
+    ``--predict`` writes them: ``run_dir/submission_<split>.json`` lists every video of the split's truth
+    in order, ``"detections": []`` for one without a detection (or that could not be read). The paths."""
+    paths = []
+    for split, meter in meters.items():
+        pred, ids = meter.predictions(), list(truth.get(split, {}))
+        ids += [v for v in pred if v not in ids]
+        path = os.path.join(run_dir, f"submission_{split}.json")
+        atomic_json_dump(submission(pred, frame_step=frame_step, video_ids=ids), path)
+        log.info("%s submission file (%d videos): %s", split, len(ids), path)
+        paths.append(path)
+    return paths
 
 
 def write_preview(video_path: str, found: dict[int, list], out_path: str, fps: float = 25.0) -> None:
