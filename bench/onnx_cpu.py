@@ -42,6 +42,7 @@ from src.models.vietocr import build_vietocr
 from src.models.vietocr_onnx import OCREncoder, OnnxRecognizer
 from src.tasks.classification_export import export_classifier
 from src.tasks.ocr_export import export_pair
+from src.training.export import export_onnx
 
 CPU = torch.device("cpu")
 
@@ -131,7 +132,7 @@ def ocr_rows(table: Table, tmp: str) -> None:
         plain.transformer.fc.bias[EOS] = -1e4
     folded = copy.deepcopy(plain)
     fold_conv_bn(folded)
-    enc_path, dec_path = os.path.join(tmp, "ocr.encoder.onnx"), os.path.join(tmp, "ocr.decoder.onnx")
+    enc_path, dec_path = os.path.join(tmp, "ocr_encoder.onnx"), os.path.join(tmp, "ocr_decoder.onnx")
     export_pair(folded, enc_path, dec_path)
     recognizer = OnnxRecognizer(enc_path, dec_path, threads=a.threads)
     enc = session(enc_path, a.threads)
@@ -176,6 +177,37 @@ def ovd_rows(table: Table, tmp: str) -> None:
             lambda: sess.run(None, feed))
 
 
+def refdet_rows(table: Table, tmp: str) -> None:
+    """The reference detector at the script's defaults (frames 640 px, references 224 px): the support
+    encoder (DINOv3 ViT-S, once per video) and the detector + fusion + head (every frame)."""
+    from src.models.refdet import build_refdet_model
+    from src.tasks.refdet_export import REFERENCES, SUPPORT_OUTPUTS, DetectorExport, SupportExport
+
+    a = table.args
+    torch.manual_seed(0)
+    plain = randomize_bn(build_refdet_model())
+    folded = copy.deepcopy(plain)
+    fold_conv_bn(folded)
+    g = torch.Generator().manual_seed(3)
+    support = torch.randn(1, REFERENCES, 3, 224, 224, generator=g)
+    encoder, path = SupportExport(folded).eval(), os.path.join(tmp, "support.onnx")
+    export_onnx(encoder, (support,), path, ["support"], SUPPORT_OUTPUTS)
+    sess = session(path, a.threads)
+    compare(table, "refdet support encoder (ViT-S/16)", f"1 video x {REFERENCES} references, 224 px",
+            lambda: encoder(support), lambda: sess.run(None, {"support": support.numpy()}))
+    with torch.inference_mode():
+        feats = encoder(support)
+    images = torch.randn(a.det_batch, 3, a.det_size, a.det_size, generator=g)
+    detector, unfolded = DetectorExport(folded).eval(), DetectorExport(plain).eval()
+    path = os.path.join(tmp, "detector.onnx")
+    export_onnx(detector, (images, *feats), path, ("images", *SUPPORT_OUTPUTS), ("logits", "dist", "anchors", "strides"),
+                dynamic=[{0: "batch"}] + [None] * len(feats))
+    sess = session(path, a.threads)
+    feed = {"images": images.numpy(), **{n: t.numpy() for n, t in zip(SUPPORT_OUTPUTS, feats)}}
+    compare(table, "refdet detector + fusion + head (YOLOv8n)", f"batch {a.det_batch}, {a.det_size} px",
+            lambda: detector(images, *feats), lambda: sess.run(None, feed), lambda: unfolded(images, *feats))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -185,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--ocr-size", choices=["full", "small"], default="full")
     p.add_argument("--ocr-widths", type=int, nargs="+", default=[160, 480])
     p.add_argument("--ocr-batch", type=int, default=16)
+    p.add_argument("--det-size", type=int, default=640, help="refdet frame size")
+    p.add_argument("--det-batch", type=int, default=4)
     p.add_argument("--tokens", type=int, default=32, help="decoded tokens per line in the end-to-end rows")
     p.add_argument("--only", nargs="+", choices=["classifiers", "ocr", "refdet", "ovd"],
                    default=["classifiers", "ocr", "refdet", "ovd"])
@@ -196,9 +230,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.ocr_size, args.ocr_widths, args.reps, args.min_time, args.max_reps, args.warmup = "small", [160], 3, 0, 3, 1
+        args.det_size = 256
     torch.set_num_threads(args.threads)
     table = Table(args)
-    rows = {"classifiers": classifier_rows, "ocr": ocr_rows, "ovd": ovd_rows}
+    rows = {"classifiers": classifier_rows, "ocr": ocr_rows, "ovd": ovd_rows, "refdet": refdet_rows}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             if name in rows:

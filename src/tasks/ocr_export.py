@@ -1,5 +1,5 @@
 """``train_vietocr.py --export onnx``: the CNN + encoder and one decoder step as two ONNX files beside the
-checkpoint (``best_model.encoder.onnx``, ``best_model.decoder.onnx``; graphs and tensors:
+checkpoint (``best_model_encoder.onnx``, ``best_model_decoder.onnx``; graphs and tensors:
 :mod:`src.models.vietocr_onnx`), each checked with ONNX Runtime against PyTorch, then the pair decoded
 greedily by :class:`~src.models.vietocr_onnx.OnnxRecognizer` against PyTorch's greedy decoding.
 ``--backend onnxruntime`` (``--predict``, ``--evaluate``) decodes with that pair."""

@@ -110,7 +110,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def onnx_paths(weights: str) -> tuple[str, str]:
     stem = os.path.splitext(weights)[0]
-    return f"{stem}.encoder.onnx", f"{stem}.decoder.onnx"
+    return f"{stem}_encoder.onnx", f"{stem}_decoder.onnx"
 
 
 def load_recognizer(weights: str) -> OnnxRecognizer:

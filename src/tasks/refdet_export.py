@@ -15,9 +15,7 @@ Images as the data layer gives them: letterboxed squares of the checkpoint's siz
 s ``support_size``), float32 RGB in [0, 1] normalized with ImageNet's mean and std."""
 from __future__ import annotations
 
-import logging
 import os
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -67,22 +65,6 @@ class DetectorExport(nn.Module):
         return tuple(out[k] for k in DETECTOR_OUTPUTS)
 
 
-@contextmanager
-def _quiet_optimizer():
-    """The ONNX optimizer's notes on what it skips, not about the model: onnxscript's constant folding
-    warns once per multi-output Split (the ViT's rotary embedding, hundreds of lines), onnx_ir's
-    deduplication once per constant output (anchors, strides)."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript.optimizer", "onnx_ir.passes")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _shapes(names, tensors, first: str | None = None) -> str:
     """``name (first, d1, ...)`` per tensor; ``first`` names a dynamic first dimension."""
     return ", ".join(f"{n} ({', '.join([first or str(t.shape[0]), *map(str, t.shape[1:])])})"
@@ -92,14 +74,13 @@ def _shapes(names, tensors, first: str | None = None) -> str:
 def export_main(args) -> int:
     if not args.weights:
         raise DataError("--export needs --weights RUN_DIR/best_model.pt", param="weights")
-    model, cfg = load_for_inference(args.weights, torch.device("cpu"))
+    model, cfg = load_for_inference(args.weights, torch.device("cpu"), fold=True)
     size, support_size = cfg["image_size"], cfg["support_size"]
     stem = os.path.splitext(args.weights)[0]
     g = torch.Generator().manual_seed(0)
     # each is exported at one batch size and checked at another, so the dynamic dimension is checked too
     encoder, path = SupportExport(model), f"{stem}_support.onnx"
-    with _quiet_optimizer():
-        export_onnx(encoder, (torch.randn(2, REFERENCES, 3, support_size, support_size, generator=g),), path,
+    export_onnx(encoder, (torch.randn(2, REFERENCES, 3, support_size, support_size, generator=g),), path,
                     ["support"], SUPPORT_OUTPUTS)
     support = torch.randn(1, REFERENCES, 3, support_size, support_size, generator=g)
     diff = check_onnx(path, encoder, (support,))
@@ -109,9 +90,9 @@ def export_main(args) -> int:
           f"ONNX Runtime vs PyTorch max abs difference {diff:.2e} at V=1")
 
     detector, path = DetectorExport(model), f"{stem}_detector.onnx"
-    with _quiet_optimizer():    # the frames' batch is dynamic; the support inputs are one video's (V = 1)
-        export_onnx(detector, (torch.randn(2, 3, size, size, generator=g), *feats), path, ("images", *SUPPORT_OUTPUTS),
-                    DETECTOR_OUTPUTS, dynamic=[{0: "batch"}] + [None] * len(feats))
+    # the frames' batch is dynamic; the support inputs are one video's (V = 1)
+    export_onnx(detector, (torch.randn(2, 3, size, size, generator=g), *feats), path, ("images", *SUPPORT_OUTPUTS),
+                DETECTOR_OUTPUTS, dynamic=[{0: "batch"}] + [None] * len(feats))
     images = torch.randn(3, 3, size, size, generator=g)
     diff = check_onnx(path, detector, (images, *feats), input_names=("images", *SUPPORT_OUTPUTS))
     with torch.no_grad():

@@ -17,6 +17,7 @@ from src.data.loading import DataWarnings
 from src.data.refdet import VideoClips
 from src.errors import DataError
 from src.metrics.refdet import RefDetMeter, submission
+from src.models.layers.fold import fold_conv_bn
 from src.models.refdet import RefDetModel, build_refdet_model, postprocess, to_original
 from src.training.checkpoint import atomic_json_dump, load_checkpoint
 from src.training.run import start_run
@@ -28,13 +29,16 @@ TASK_NAME = "refdet"
 MODEL_KEYS = ("dino_model", "support_size", "freeze_dino_layers", "fusion", "embed_dim", "siamese", "image_size")
 
 
-def load_for_inference(weights: str, device: torch.device) -> tuple[RefDetModel, dict]:
+def load_for_inference(weights: str, device: torch.device, fold: bool = False) -> tuple[RefDetModel, dict]:
+    """The model a ``best_model.pt`` was trained as; ``fold``: the detector's Conv+BN pairs folded."""
     ckpt = load_checkpoint(weights)
     cfg = ckpt.get("model_config") or {}
     if ckpt.get("task") != TASK_NAME or "dino_model" not in cfg:
         raise DataError(f"{weights}: not a train_yolov8n_refdet.py checkpoint")
     model = build_refdet_model(**{k: cfg[k] for k in MODEL_KEYS if k != "image_size"})
     model.load_state_dict(ckpt["model"])
+    if fold:
+        fold_conv_bn(model)
     return model.to(device).eval(), cfg
 
 
@@ -109,7 +113,7 @@ def predict_main(args, threshold_typed: bool = False) -> int:
 
 
 def _predict(args, threshold_typed: bool, device: torch.device) -> int:
-    model, cfg = load_for_inference(args.weights, device)
+    model, cfg = load_for_inference(args.weights, device, fold=True)
     # the threshold the model was validated with, unless one is typed
     threshold = args.score_threshold if threshold_typed else cfg.get("score_threshold", args.score_threshold)
     print(f"score threshold {threshold}")

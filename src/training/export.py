@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import warnings
+from contextlib import contextmanager
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -15,6 +16,22 @@ from torch import nn
 from src.errors import DataError, TrainingError
 
 log = logging.getLogger("src")
+
+
+@contextmanager
+def _quiet_optimizer():
+    """The ONNX optimizer's notes on what it skips, not about the model: onnxscript's constant folding
+    warns once per multi-output Split (the ViT's rotary embedding, hundreds of lines), onnx_ir's
+    deduplication once per constant output (anchors, strides)."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript.optimizer", "onnx_ir.passes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, input_names: Sequence[str],
@@ -53,7 +70,7 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str, 
         return dims.setdefault(name, torch.export.Dim(name, min=1, max=top))
 
     shapes = tuple(None if d is None else {axis: dim(spec) for axis, spec in d.items()} for d in dynamic)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_optimizer():
         # inputs sharing a symbolic size (one Dim object) make the exporter note that it keeps one name
         warnings.filterwarnings("ignore", message=".*axis name")
         program = torch.onnx.export(module, inputs, input_names=list(input_names), output_names=list(output_names),

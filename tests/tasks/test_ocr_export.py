@@ -33,11 +33,11 @@ def exported(reference_runs, tmp_path_factory):
 def test_export_writes_the_pair_and_checks_it(exported):
     _, run, stdout = exported
     lines = stdout.strip().splitlines()
-    assert lines[0].startswith(f"wrote {run / 'best_model.encoder.onnx'}: image (N, 3, 32, W)")
-    assert lines[1].startswith(f"wrote {run / 'best_model.decoder.onnx'}: tokens, position, self_k, self_v")
+    assert lines[0].startswith(f"wrote {run / 'best_model_encoder.onnx'}: image (N, 3, 32, W)")
+    assert lines[1].startswith(f"wrote {run / 'best_model_decoder.onnx'}: tokens, position, self_k, self_v")
     assert "tokens identical to PyTorch's" in lines[2]
     ort = pytest.importorskip("onnxruntime")
-    dec = ort.InferenceSession(str(run / "best_model.decoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(run / "best_model_decoder.onnx"), providers=["CPUExecutionProvider"])
     shapes = {i.name: i.shape for i in dec.get_inputs()}
     assert isinstance(shapes["self_k"][0], str) and isinstance(shapes["self_k"][3], str)   # batch, past: free
 
@@ -57,7 +57,7 @@ def test_onnxruntime_reads_the_validation_lines_as_pytorch(exported):
     root = scratch / "ocr"
     images = [load_rgb(str(root / a.path)) for a in read_annotations(str(root / "valid.txt"))]
     model, vocab, _ = load_for_inference(str(run / "best_model.pt"), torch.device("cpu"))
-    recognizer = OnnxRecognizer(str(run / "best_model.encoder.onnx"), str(run / "best_model.decoder.onnx"))
+    recognizer = OnnxRecognizer(str(run / "best_model_encoder.onnx"), str(run / "best_model_decoder.onnx"))
     cpu = torch.device("cpu")
     ours = recognize(recognizer, vocab, images, cpu, batch_size=8, max_len=24)
     ref = recognize(model, vocab, images, cpu, batch_size=8, max_len=24)
@@ -90,7 +90,7 @@ def test_seq2seq_weights_export_and_decode_alike(tmp_path):
     out = run_script(OCR, ["--export", "onnx", "--weights", str(tmp_path / "seq2seq.pth"), "--max-decode-len", "16"],
                      tmp_path)
     assert "tokens identical to PyTorch's" in out.stdout
-    recognizer = OnnxRecognizer(str(tmp_path / "seq2seq.encoder.onnx"), str(tmp_path / "seq2seq.decoder.onnx"))
+    recognizer = OnnxRecognizer(str(tmp_path / "seq2seq_encoder.onnx"), str(tmp_path / "seq2seq_decoder.onnx"))
     images = torch.rand(4, 3, 32, 96, generator=torch.Generator().manual_seed(0))
     ours = recognizer.decode(images, SOS, EOS, PAD, 16)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_backend_errors_are_one_line(exported, tmp_path):
     bad = run_script(OCR, ["--predict", image, "--weights", str(lonely), "--backend", "onnxruntime"], tmp_path,
                      check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
-        f"error: --backend: {tmp_path / 'best_model.encoder.onnx'} not found: export it first (python "
+        f"error: --backend: {tmp_path / 'best_model_encoder.onnx'} not found: export it first (python "
         f"train_vietocr.py --export onnx --weights {lonely})")
     beam = run_script(OCR, ["--predict", image, "--weights", str(run / "best_model.pt"), "--backend", "onnxruntime",
                             "--beam-size", "3"], tmp_path, check=False)
