@@ -102,6 +102,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data loading")
     add_flag(g, "--num-workers", type=int, default=4,
              help="DataLoader worker processes (an untyped default is capped at the CPUs this process may use)")
+    add_flag(g, "--threads", type=_positive_int, default=None,
+             help="PyTorch's CPU threads (default: the CPUs left after --num-workers, shared by the ranks on "
+                  "this machine; PyTorch's own choice when OMP_NUM_THREADS is set)")
     add_flag(g, "--pin-memory", action="store_true", help="pin host memory (CUDA)")
     add_flag(g, "--train-limit", type=int, default=None,
              help="use the first N training samples after a seeded (stratified) shuffle")
@@ -169,13 +172,9 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container or ``taskset`` may allow fewer than
-    the machine has)."""
-    import os
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # macOS, Windows
-        return os.cpu_count() or 1
+    """CPUs this process may run on (:func:`src.training.run.available_cpus`)."""
+    from src.training.run import available_cpus as cpus
+    return cpus()
 
 
 def _uses_cuda(device: str) -> bool:
@@ -210,7 +209,7 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 # what a resumed run may change: how long and where it runs, and where its data now lives. Every other
 # argument shapes the model, the data or the optimization, and must stay what the run started with.
 RESUMABLE = frozenset({
-    "resume", "epochs", "patience", "max_bad_steps", "device", "num_workers", "pin_memory", "compile", "plot",
+    "resume", "epochs", "patience", "max_bad_steps", "device", "num_workers", "threads", "pin_memory", "compile", "plot",
     "save_history", "limit_val_batches", "val_every", "tensorboard", "tensorboard_every", "results_dir", "demo_dir", "data_root", "metadata", "label2id",
     "train_annotation", "valid_annotation", "test_annotation", "lmdb_dir", "annotations", "frame_cache",
     "test_data_root", "test_annotations", "frame_cache_size", "support_cache_size_mb"})

@@ -51,7 +51,7 @@ def predict_images(model: nn.Module, paths: list[str], image_size: int, class_na
 def predict_main(args) -> int:
     if not args.weights:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
-    with start_run(args.device) as run:
+    with start_run(args.device, args.threads) as run:
         model, cfg = load_for_inference(args.weights, run.device, fold=True)
         failed = 0
         for path, result in predict_images(model, args.predict, cfg["image_size"], cfg["class_names"], run.device):

@@ -159,7 +159,7 @@ def predict_main(args, vocab: Vocab) -> int:
     (this project's checkpoints carry their own)."""
     if not args.weights:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
-    with start_run("cpu" if args.quantize == "int8" else args.device) as run:
+    with start_run("cpu" if args.quantize == "int8" else args.device, args.threads) as run:
         return _predict(args, vocab, run.device)
 
 

@@ -105,7 +105,7 @@ def predict_main(args) -> int:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     if not args.phrases:
         raise DataError('--predict needs --phrases "a red circle" "the blue square" ...')
-    with start_run(args.device) as run:
+    with start_run(args.device, args.threads) as run:
         return _predict(args, run.device)
 
 

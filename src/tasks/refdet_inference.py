@@ -108,7 +108,7 @@ def predict_main(args, threshold_typed: bool = False) -> int:
         raise DataError("--predict needs --weights RUN_DIR/best_model.pt")
     if not args.data_root:
         raise DataError("--predict needs --data-root (a folder with samples/<video_id>/)")
-    with start_run(args.device) as run:
+    with start_run(args.device, args.threads) as run:
         return _predict(args, threshold_typed, run.device)
 
 
