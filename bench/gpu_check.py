@@ -25,13 +25,14 @@ Each cell of the table is one model in one mode, built afresh (random init, seed
   each after ``reset_peak_memory_stats``.
 - ``compile``: ``torch.compile(model)`` (default mode) for training, as ``fit`` does under
   ``--compile``, and ``torch.compile(speed module)`` for inference, both with AMP bf16; "compile s"
-  is the wall time of the warm-up steps and of the first inference calls, which is where it compiles.
+  is the wall time of the warm-up steps and of an untimed first inference measurement, where it compiles.
   ``compile-fp32`` is the same in float32 (not in the default modes).
 
 A cell that fails (compile failing for one model, say) gets its one-line error in the table and the
 others still run; the exit status is 1 only when an fp32 cell failed. Cells run mode by mode (every
 model's fp32 first, compile last), and a cell is skipped when the longest earlier cell of its mode
-would take the run past ``--budget-s``, so the default run ends within about 8 minutes on one GPU.
+(for a mode's first cell, of the mode before) would take the run past ``--budget-s`` (420 s): the
+default run is meant to end within 8 minutes on one GPU, and what the budget cuts is compile cells.
 The table prints the seeds' T4 FPS claims in its notes, next to what was measured.
 
     python -m bench.gpu_check --out gpu_check.md          # CUDA: every model and mode, 30 steps
@@ -72,6 +73,8 @@ from src.tasks.ovd import GroundingTask
 from src.tasks.refdet import RefDetTask
 from src.training import distributed as D
 from src.training.evaluate import to_device
+# the engine's own state set-up and epoch loop (private to it) are what the timed steps run: their host
+# syncs and their overhead are what a script's training pays, and a change to the loop shows up here
 from src.training.loop import TrainConfig, _new_state, _train_one_epoch, autocast_factory, set_determinism
 from src.training.perf import measure_speed, sync
 from src.training.task import Task
@@ -117,7 +120,8 @@ def classifier_case(name: str) -> Case:
 
     def batch(task: Task, n: int, g: torch.Generator) -> dict:
         s = task.fps_image_size
-        return {"image": torch.randn(n, 3, s, s, generator=g), "label": torch.randint(0, NUM_CLASSES, (n,), generator=g)}
+        return {"image": torch.randn(n, 3, s, s, generator=g),
+                "label": torch.randint(0, NUM_CLASSES, (n,), generator=g)}
 
     return Case(f"train_{name}.py", build, batch)
 
@@ -299,18 +303,15 @@ def inference(cell: Cell, model: nn.Module, task: Task, amp: str | None, compile
     """FPS at ``--infer-batch`` and latency at batch 1 (``measure_speed``), after compiling under compile."""
     _, dtype, _ = autocast_factory(device, amp is not None, amp or "fp16")
     module = task.speed_module(model)
+    gc.collect()     # the training's optimizer state and batches are gone: the peak is the inference's
     make_input = lambda b: task.example_input(b, device)    # noqa: E731
     _peak_reset(device)
     if compiled:
+        # one untimed measurement compiles every graph the timed one runs: both batch sizes and, for
+        # OCR's decoding, the lengths that make Dynamo mark the KV cache's length dynamic
         module = torch.compile(module)
-        module.eval()
         t0 = time.perf_counter()
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            for b in (args.infer_batch, 1):
-                x = make_input(b)
-                for _ in range(2):
-                    module(**x) if isinstance(x, dict) else module(x)
-        sync(device)
+        measure_speed(module, make_input, device, dtype, args.infer_batch, min(args.min_time, 0.2))
         cell.compile_s = (cell.compile_s or 0.0) + time.perf_counter() - t0
     speed = measure_speed(module, make_input, device, dtype, args.infer_batch, args.min_time)
     cell.fps, cell.latency_ms = speed["fps"], speed["latency_ms"]
@@ -380,7 +381,8 @@ def table(cells: list[Cell], args, device: torch.device, per_model: dict[str, fl
         err = "; ".join(c.errors).replace("|", "/") or ""
         lines.append(f"| {c.model} | {c.mode} | {c.input or '-'} | {c.batch or '-'} | {_num(c.samples_per_s, '.1f')} | "
                      f"{_num(c.syncs_per_step, '.1f')} | {_num(c.compile_s, '.1f')} | {_num(c.fps, '.1f')} | "
-                     f"{_num(c.latency_ms, '.2f')} | {_num(c.train_peak_mib, '.0f')} | {_num(c.infer_peak_mib, '.0f')} | "
+                     f"{_num(c.latency_ms, '.2f')} | {_num(c.train_peak_mib, '.0f')} | "
+                     f"{_num(c.infer_peak_mib, '.0f')} | "
                      f"{c.seconds:.1f} | {err} |")
     lines += ["", "notes:",
               "- modes: fp32 = float32; fp16 = autocast float16 with a GradScaler; bf16 = autocast bfloat16; "
@@ -416,7 +418,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of each FPS measurement, half for latency (default 1.0; --quick 0.02)")
     p.add_argument("--budget-s", type=float, default=420.0,
-                   help="skip a cell when the longest earlier cell of its mode would end past this many seconds")
+                   help="skip a cell when one as long as the longest earlier cell of its mode (a mode's first "
+                        "cell: of the mode before) would end past this many seconds")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--quick", action="store_true",
@@ -428,7 +431,7 @@ def main(argv=None) -> int:
     for k, v in quick.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.steps < 1 or args.warmup < 1 or args.infer_batch < 1 or (args.batch_size is not None and args.batch_size < 2):
+    if min(args.steps, args.warmup, args.infer_batch) < 1 or (args.batch_size is not None and args.batch_size < 2):
         p.error("--steps, --warmup and --infer-batch must be >= 1, --batch-size >= 2")
     models = args.models or list(CASES)
     modes = args.modes or (["fp32"] if args.quick else list(DEFAULT_MODES))
@@ -443,15 +446,17 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     cells: list[Cell] = []
     per_model = {m: 0.0 for m in models}
+    longest = 0.0              # the longest cell of the mode running (at a mode's first cell: of the mode before)
     for mode in modes:         # every model's fp32 first: the budget cuts the later modes, not the baseline
-        longest = 0.0
+        started = False
         for name in models:
             elapsed = time.perf_counter() - start
             if elapsed + longest > args.budget_s:
                 cell = Cell(name, mode, errors=[f"skipped: --budget-s {args.budget_s:g} (at {elapsed:.0f} s)"])
             else:
                 cell = run_cell(name, mode, args, device)
-                longest = max(longest, cell.seconds)
+                longest = cell.seconds if not started else max(longest, cell.seconds)
+                started = True
             cells.append(cell)
             per_model[name] += cell.seconds
             print(f"{name} {mode}: {cell.seconds:.1f} s" + (f" ({'; '.join(cell.errors)})" if cell.errors else ""),
