@@ -26,6 +26,7 @@ from tqdm import tqdm
 from src.errors import DataError, TrainingError
 from src.training import distributed as D
 from src.training.evaluate import evaluate, gathered_warnings, to_device
+from src.training.guard import StepGuard, optimizer_step
 from src.training.board import Board
 from src.training.checkpoint import (FORMAT_VERSION, atomic_csv_dump, atomic_json_dump, atomic_torch_save,
                                      capture_rng_state, load_checkpoint, restore_rng_state, unwrap_model)
@@ -53,6 +54,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad: float | None = None
     max_bad_steps: int = 10
+    check_every: int = 50            # optimizer steps between the host's looks at the guard (StepGuard)
     amp: bool | None = None
     amp_dtype: str = "fp16"
     compile: bool = False
@@ -247,8 +249,10 @@ def fit(model: nn.Module, task: Task, train_loader: DataLoader, valid_loader: Da
 
 
 def _new_state(model: nn.Module, task: Task, batches: int, cfg: TrainConfig, scaler) -> TrainState:
+    # fused: one kernel for all parameters, and a skipped step (the guard's found_inf) stays on the device
+    device_type = next(model.parameters()).device.type
     optimizer = torch.optim.AdamW(param_groups(model, cfg.base_lr, cfg.head_lr, cfg.weight_decay, cfg.prefix_lrs),
-                                  betas=cfg.betas, eps=cfg.eps)
+                                  betas=cfg.betas, eps=cfg.eps, fused=device_type in ("cpu", "cuda") or None)
     steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
     scheduler = build_scheduler(optimizer, cfg.scheduler, steps_per_epoch * cfg.epochs, steps_per_epoch,
                                 cfg.scheduler_tmax, cfg.warmup_epochs, cfg.pct_start)
@@ -353,64 +357,68 @@ def _best_payload(model, task, epoch, value, args_record) -> dict:
 
 
 def _train_one_epoch(model, task: Task, loader, state: TrainState, autocast, cfg, device, dist, epoch):
+    """One epoch of training steps with no host-device sync per step: losses, the non-finite guard and
+    the skip decision stay on the device (:class:`~src.training.guard.StepGuard`); the host looks every
+    ``cfg.check_every`` optimizer steps, at TensorBoard's steps and at the end."""
     model.train()
     optimizer, scheduler, scaler = state.optimizer, state.scheduler, state.scaler
-    loss_sum, n_sum, bad_steps, bad_in_row, data_time = 0.0, 0, 0, 0, 0.0
+    guard = StepGuard(device, cfg.max_bad_steps, dist.enabled, cfg.check_every)
+    data_time = 0.0
     non_blocking = device.type == "cuda"
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", disable=None if dist.is_main else True,
                leave=False, dynamic_ncols=True)
     start = t_fetch = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    micro, accumulated = 0, False
+    micro, accumulated, substitute = 0, False, None
     for i, batch in enumerate(loader):
         data_time += time.perf_counter() - t_fetch
         task.warnings.add_many(skipped(batch))
         last_micro = (micro + 1 == cfg.grad_accum) or (i + 1 == len(loader))
         sync_ctx = model.no_sync() if (dist.enabled and not last_micro and hasattr(model, "no_sync")) else nullcontext()
         with sync_ctx:
-            loss, n = None, 0
+            loss = None
             if usable(batch):     # a batch whose samples were all unreadable has nothing to learn from
+                batch = substitute = to_device(batch, device, non_blocking)
                 with autocast():
-                    loss, n = task.training_step(model, to_device(batch, device, non_blocking))
-            # the isfinite check is a host-device sync, the price of the guard; all ranks must agree
-            # on skipping, or DDP's all-reduce in backward would wait forever
-            skip = D.any_rank(loss is None or not bool(torch.isfinite(loss.detach())), device)
-            if not skip:
+                    loss, n = task.training_step(model, batch)
+                guard.add(loss, n)
+            elif dist.enabled:
+                # every rank must run backward, or DDP's all-reduce waits forever: the last usable batch,
+                # with no weight (its gradients are zero)
+                if substitute is None:
+                    raise TrainingError(f"rank {dist.rank}: epoch {epoch} starts with a batch whose every sample "
+                                        f"was unreadable (see the data warnings); fix or remove those files")
+                with autocast():
+                    loss = task.training_step(model, substitute)[0] * 0.0
+            if loss is not None:
                 scaled = loss / cfg.grad_accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                loss_sum += float(loss.detach()) * n
-                n_sum += n
-                bad_in_row, accumulated = 0, True
-            elif loss is not None:  # a batch whose samples were all unreadable is not a bad step
-                bad_steps += 1
-                bad_in_row += 1
-                log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, i + 1)
-                if bad_in_row >= cfg.max_bad_steps:
-                    bar.close()
-                    raise TrainingError(f"{bad_in_row} non-finite losses in a row (max_bad_steps "
-                                        f"{cfg.max_bad_steps}); stopped. Try a lower learning rate, "
-                                        f"gradient clipping or no AMP. The last good checkpoint is kept.")
+                accumulated = True
         micro += 1
         if last_micro:
             if accumulated:
-                _optimizer_step(model, optimizer, scaler, cfg.clip_grad)
+                _optimizer_step(model, optimizer, scaler, cfg.clip_grad, guard)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if state.ema is not None:    # the scheduler's step count restarts with it on --resume
                 state.ema.update(state.model, step=scheduler.last_epoch)
-            if state.board is not None and loss is not None and not skip and \
-                    scheduler.last_epoch % cfg.tensorboard_every == 0:
+            if state.board is not None and loss is not None and scheduler.last_epoch % cfg.tensorboard_every == 0:
                 state.board.step(scheduler.last_epoch, float(loss.detach()), optimizer.param_groups[-1]["lr"])
+            if scheduler.last_epoch % cfg.check_every == 0:
+                guard.check(epoch, i + 1)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{guard.mean_loss():.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                                sps=f"{int(guard.samples) * dist.world_size / max(elapsed, 1e-9):.1f}")
             micro, accumulated = 0, False
         bar.update(1)
-        if bar.n % 5 == 0 or bar.n == len(loader):
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{loss_sum / max(1, n_sum):.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
-                            sps=f"{n_sum * dist.world_size / max(elapsed, 1e-9):.1f}")
         t_fetch = time.perf_counter()
-    bar.close()
+    try:
+        guard.check(epoch, len(loader))
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - start
-    loss_total, n_total, bad_total = D.all_reduce_sum([loss_sum, float(n_sum), float(bad_steps)], device)
+    loss_total, n_total, bad_total = D.all_reduce_sum([float(guard.loss_sum), float(guard.samples),
+                                                       float(guard.bad_losses)], device)
     return {"loss": loss_total / n_total if n_total else float("nan"), "samples": int(n_total),
             "samples_per_s": n_total / max(elapsed, 1e-9), "data_time": data_time, "bad_steps": int(bad_total)}
 
@@ -428,16 +436,13 @@ def _train_figures(history: dict[str, list], best_epoch: int) -> dict[str, Any]:
     return out
 
 
-def _optimizer_step(model: nn.Module, optimizer, scaler, clip_grad: float | None) -> None:
+def _optimizer_step(model: nn.Module, optimizer, scaler, clip_grad: float | None, guard: StepGuard) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if clip_grad:
-        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # the total norm is both the clipping's and the guard's: not finite = a non-finite gradient somewhere
+    norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad) if clip_grad else nn.utils.get_total_norm(grads)
+    optimizer_step(optimizer, guard.found_inf(norm), scaler)
 
 
 class _Limited:

@@ -270,3 +270,61 @@ def test_tensorboard_event_file_holds_the_epoch_scalars_and_step_scalars(tmp_pat
     (tmp_path / "off").mkdir()
     _fit(tmp_path / "off", TinyTask(), epochs=1)
     assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
+
+
+def _host_reads_during_fit(tmp_path, n_train, monkeypatch, **cfg):
+    """How many times fit() reads a tensor's value on the host (item, bool, float, int, tolist)."""
+    tmp_path.mkdir()
+    count = {"n": 0}
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            count["n"] += 1
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    torch.manual_seed(0)
+    train = make_loader(_data(n_train), batch_size=8, train=True, seed=0, collate_fn=None)
+    valid = make_loader(_data(16), batch_size=8, train=False, seed=0, collate_fn=None)
+    config = TrainConfig(**{"epochs": 1, "head_lr": 0.05, "fps_min_time_s": 0.0, "fps_batch_size": 2, **cfg})
+    fit(nn.Linear(4, 1), TinyTask(), train, valid, config, str(tmp_path), torch.device("cpu"))
+    monkeypatch.undo()
+    return count["n"]
+
+
+@pytest.mark.parametrize("cfg", [{}, {"clip_grad": 1.0, "grad_accum": 2}])
+def test_a_training_step_reads_nothing_back_from_the_device(cfg, tmp_path, monkeypatch):
+    """The non-finite guard and the loss bookkeeping stay on the device (src/training/guard.py): 4 or 12
+    training steps make the same number of host reads (the per-epoch ones), so a step makes none."""
+    short = _host_reads_during_fit(tmp_path / "a", 32, monkeypatch, **cfg)
+    long = _host_reads_during_fit(tmp_path / "b", 96, monkeypatch, **cfg)
+    assert long == short
+
+
+def test_a_skipped_step_leaves_the_weights_and_the_optimizer_as_they_were(tmp_path):
+    """A non-finite loss: the fused optimizer's step does not apply (found_inf on the device), so the
+    weights are exactly those of the last finite step, and the epoch's loss counts finite steps only."""
+    from src.training.guard import StepGuard, optimizer_step
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), 0.1, fused=True)
+    guard = StepGuard(torch.device("cpu"), max_bad_steps=2, distributed=False)
+    x = torch.randn(8, 4)
+    for scale in (1.0, float("nan")):
+        loss = model(x).pow(2).mean() * scale
+        loss.backward()
+        guard.add(loss, 8)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer_step(opt, guard.found_inf(nn.utils.get_total_norm([p.grad for p in model.parameters()])))
+        opt.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert int(opt.state[model.weight]["step"]) == 1
+    assert int(guard.samples) == 8 and int(guard.bad_losses) == 1 and torch.isfinite(guard.loss_sum)
+    guard.check(1, 2)                   # one in a row: under max_bad_steps
+    loss = model(x).sum() * float("inf")
+    loss.backward()
+    guard.add(loss, 8)
+    guard.found_inf(nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    with pytest.raises(TrainingError, match="2 non-finite losses in a row"):
+        guard.check(1, 3)
