@@ -7,6 +7,7 @@ datasets can skip and count the sample instead of crashing a DataLoader worker.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Any
 
@@ -44,19 +45,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str, reduce_to: int | None = None) -> Image.Image:
+def load_rgb(path: str, reduce_to: int | None = None, longer_side: int | None = None) -> Image.Image:
     """Open ``path`` fully decoded, EXIF-rotated, as an RGB PIL image; raise :class:`BadImage`.
 
     ``reduce_to``: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale
     (libjpeg's DCT scaling, PIL's ``draft``), never below ``reduce_to``: an 8000x8000 photo meant for a
-    224 px input costs a fraction of a full decode. Smaller images decode exactly as without it."""
+    224 px input costs a fraction of a full decode. Smaller images decode exactly as without it.
+
+    ``longer_side``: the same reduced decoding for a consumer that resizes the LONGER side to this
+    (a letterbox, or pad-to-square then resize): the decoded longer side is never below it, so a
+    1920x1080 frame for a 640 px letterbox decodes at 960x540 (1/2), a 640x480 photo for 224 at 320x240."""
     try:
         size = os.path.getsize(path)
     except OSError:
         raise BadImage(path, "missing_file") from None
     if size == 0:
         raise BadImage(path, "empty_file")
-    return _open_rgb(path, path, reduce_to)
+    return _open_rgb(path, path, reduce_to, longer_side)
 
 
 def decode_rgb(data: bytes, key: str) -> Image.Image:
@@ -66,11 +71,17 @@ def decode_rgb(data: bytes, key: str) -> Image.Image:
     return _open_rgb(io.BytesIO(data), key)
 
 
-def _open_rgb(source, key: str, reduce_to: int | None = None) -> Image.Image:
+def _open_rgb(source, key: str, reduce_to: int | None = None, longer_side: int | None = None) -> Image.Image:
     try:
         with Image.open(source) as img:
             if reduce_to and min(img.size) >= 2 * reduce_to:
                 img.draft("RGB", (reduce_to, reduce_to))
+            elif longer_side and max(img.size) >= 2 * longer_side:
+                # draft keeps both sides >= the request (ceil), so the longer one stays >= longer_side;
+                # the EXIF rotation applied below swaps the sides, never the longer one's length
+                w, h = img.size
+                f = longer_side / max(w, h)
+                img.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
             img.load()  # decode now: a truncated file fails here, not later in a transform
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
@@ -78,9 +89,9 @@ def _open_rgb(source, key: str, reduce_to: int | None = None) -> Image.Image:
         raise BadImage(key, "unreadable_image", str(exc).splitlines()[0] if str(exc) else "") from None
 
 
-def load_rgb_tensor(path: str) -> torch.Tensor:
+def load_rgb_tensor(path: str, longer_side: int | None = None) -> torch.Tensor:
     """Like :func:`load_rgb` but returns a uint8 tensor (3, H, W)."""
-    img = load_rgb(path)
+    img = load_rgb(path, longer_side=longer_side)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
