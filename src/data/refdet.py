@@ -58,7 +58,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 from torchvision import tv_tensors
 
 from src.data.aeroeyes import VideoRecord
-from src.data.frames import BadVideo, VideoReader, frame_to_pil
+from src.data.frames import BadVideo, VideoReader, frame_scale, frame_to_pil
 from src.data.images import PAD_VALUE, BadImage, image_to_tensor, letterbox, load_rgb
 from src.errors import DataError
 
@@ -146,10 +146,16 @@ class RefDetFrames(Dataset):
     ``video`` (index into ``self.records``), ``frame``, ``key`` ``"video_id/frame"``, ``scale``; an
     unreadable JPEG gives ``{"bad": (key, reason)}``. ``dataset[EpisodeItem]`` adds ``slot`` and, on
     the support item, ``support`` / ``support_key`` (or ``support_bad`` when a photo fails).
+
+    A cache stored at a capped size (``ensure_frame_cache(..., max_side=...)``) is read as it is: its
+    boxes (original pixels) are scaled to the stored JPEG, and ``scale`` still maps original pixels to
+    letterboxed ones. ``fast_decode`` (off by default): a JPEG at least twice ``image_size`` on its
+    longer side is decoded at 1/2, 1/4 or 1/8 scale, never below ``image_size`` (1080p for 640: 960x540).
     """
 
     def __init__(self, records: list[VideoRecord], indexes: dict[str, dict], image_size: int, support_size: int,
-                 augment_views: int = 1, augment: bool = False) -> None:
+                 augment_views: int = 1, augment: bool = False, fast_decode: bool = False) -> None:
+        self.decode_longer_side = image_size if fast_decode else None
         self.records = [r for r in records if r.video_id in indexes]
         self.indexes = indexes
         self.image_size, self.support_size = image_size, support_size
@@ -207,15 +213,22 @@ class RefDetFrames(Dataset):
         key = f"{vid}/{frame}"
         out: dict[str, Any]
         try:
-            img = load_rgb(self.frame_path(i))
+            img = load_rgb(self.frame_path(i), longer_side=self.decode_longer_side)
         except BadImage as exc:
             out = {"bad": (key, exc.reason)}
         else:
-            raw = self.indexes[vid]["frames"].get(str(frame), [])
+            index = self.indexes[vid]
+            raw = torch.tensor(index["frames"].get(str(frame), []), dtype=torch.float32).reshape(-1, 4)
+            # stored (capped cache) or decoded (fast_decode) pixels per original pixel; the exact
+            # factor 1 of a full-size read leaves the boxes untouched, bit for bit
+            stored = img.width / index["width"] if index.get("width") else frame_scale(index)
+            if stored != 1.0:
+                raw = raw * stored
             # clamping off until the augmentation has measured how much of each box left the view
-            boxes = tv_tensors.BoundingBoxes(torch.tensor(raw, dtype=torch.float32).reshape(-1, 4), format="XYXY",
-                                             canvas_size=(img.height, img.width), clamping_mode=None)
+            boxes = tv_tensors.BoundingBoxes(raw, format="XYXY", canvas_size=(img.height, img.width),
+                                             clamping_mode=None)
             image, boxes, scale = letterbox(TF.to_image(img), boxes, self.image_size)
+            scale *= stored
             if self.augment:
                 image, boxes = self._augment(image, boxes)
             if episode is not None:
