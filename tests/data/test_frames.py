@@ -164,3 +164,30 @@ def test_two_extractions_of_one_video_at_once_take_turns(records, tmp_path, monk
     assert first == second and len(first["background"]) == 4
     jpgs = sorted(n for n in real_listdir(folder) if n.endswith(".jpg"))
     assert jpgs == sorted(f"{int(f):06d}.jpg" for f in [*first["frames"], *first["background"]])
+
+
+def test_capped_cache_stores_smaller_frames_under_its_own_key(records, tmp_path):
+    from PIL import Image
+
+    rec = records[0]
+    full = X.extract_video(rec, str(tmp_path / "full"), background_frames=2, seed=0)
+    assert "max_side" not in full and "frame_width" not in full and X.frame_scale(full) == 1.0
+    capped = X.extract_video(rec, str(tmp_path / "full"), background_frames=2, seed=0, max_side=64)
+    assert capped["key"] != full["key"]                               # another cap: redone, not misread
+    assert (capped["width"], capped["height"], capped["frame_width"], capped["frame_height"]) == (128, 96, 64, 48)
+    assert capped["max_side"] == 64 and X.frame_scale(capped) == 0.5
+    assert capped["frames"] == full["frames"]                          # boxes stay in original pixels
+    again = X.extract_video(rec, str(tmp_path / "full"), background_frames=2, seed=0, max_side=64)
+    assert again["key"] == capped["key"]
+    assert X.extract_video(rec, str(tmp_path / "other"), background_frames=2, seed=0)["key"] == full["key"]
+    f = sorted(capped["frames"], key=int)[0]
+    small = Image.open(os.path.join(capped["dir"], f"{int(f):06d}.jpg"))
+    assert small.size == (64, 48)
+    ref = Image.open(os.path.join(str(tmp_path / "other" / rec.video_id), f"{int(f):06d}.jpg")).resize((64, 48),
+                                                                                                    Image.BILINEAR)
+    assert np.abs(np.asarray(small, np.float32) - np.asarray(ref, np.float32)).mean() < 3.0
+
+
+def test_capped_size():
+    assert X.capped_size(1920, 1080, 640) == (640, 360) and X.capped_size(1080, 1920, 640) == (360, 640)
+    assert X.capped_size(320, 200, 640) == (320, 200) and X.capped_size(1920, 1080, None) == (1920, 1080)

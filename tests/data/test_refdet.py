@@ -315,3 +315,25 @@ def test_a_huge_reference_photo_is_decoded_near_the_size_it_is_used_at(tmp_path,
     assert sizes["big.jpg"] == (2048, 1536)                  # 1/2 scale: still >= 1024 on both sides
     assert sizes["small.jpg"] == (160, 120)
     assert torch.allclose(support[1], R.load_support(VideoRecord("v", "", [str(small)] * 3), 64)[0])
+
+
+@pytest.mark.parametrize("how", ["capped_cache", "fast_decode"])
+def test_smaller_stored_or_decoded_frames_give_the_same_items(demo, tmp_path, how):
+    """A cache capped at the model's size, or 1/2-scale decoding of the full one: same boxes and scale,
+    the same letterboxed pixels within JPEG tolerance (at 64x48 the demo's sharp edges differ by up to
+    62 in a pixel or two: a q90 JPEG of the small frame against a resize of the big one)."""
+    records, indexes = demo
+    full = RefDetFrames(records, indexes, S, SUP)
+    if how == "capped_cache":
+        small = ensure_frame_cache(records, str(tmp_path / "cache64"), background_frames=4, seed=0,
+                                   log_progress=False, max_side=S)
+        ds = RefDetFrames(records, small, S, SUP)
+    else:
+        ds = RefDetFrames(records, indexes, S, SUP, fast_decode=True)
+        assert load_rgb(ds.frame_path(0), longer_side=ds.decode_longer_side).size == (64, 48)
+    for i in (0, ds.video_items[1][0][0], ds.video_items[1][1][0]):
+        a, b = full[i], ds[i]
+        assert a["key"] == b["key"] and a["scale"] == b["scale"] == 0.5
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        diff = (_unnormalize(a["image"]) - _unnormalize(b["image"])).abs() * 255
+        assert diff.mean() < 3 and diff.max() < 100
