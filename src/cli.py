@@ -105,7 +105,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--threads", type=_positive_int, default=None,
              help="PyTorch's CPU threads (default: the CPUs left after --num-workers, shared by the ranks on "
                   "this machine; PyTorch's own choice when OMP_NUM_THREADS is set)")
-    add_flag(g, "--pin-memory", action="store_true", help="pin host memory (CUDA)")
+    add_switch(g, "--pin-memory", None, "page-locked host batches, copied to the GPU without blocking (default: on "
+               "when the run uses CUDA)")
     add_flag(g, "--train-limit", type=int, default=None,
              help="use the first N training samples after a seeded (stratified) shuffle")
     add_flag(g, "--valid-limit", type=int, default=None, help="same for validation")
@@ -162,6 +163,8 @@ def parse_script_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             explicit_args(parser, argv):
         # more workers than cores only adds start-up and contention (PyTorch warns about it)
         args = with_values(args, num_workers=available_cpus())
+    if "pin_memory" in vars(args) and args.pin_memory is None:     # on for CUDA runs unless switched off
+        args = with_values(args, pin_memory=_uses_cuda(args.device))
     if getattr(args, "save_history", False):
         notice("--save-history is accepted for the seed's recipes and does nothing here: history.json and "
                "metrics.json are always written")
