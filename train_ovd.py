@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_main(args)
     if args.export:
         return export_main(args)
-    with start_run(args.device, args.threads, args.num_workers) as run:
+    with start_run(args.device, args.threads) as run:
         task = ovd.build_task(args)
         loaders = ovd.build_data(args, run, task.warnings)
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_main(args, vocab)
     if args.export:
         return export_main(args, vocab)
-    with start_run(args.device, args.threads, args.num_workers) as run:
+    with start_run(args.device, args.threads) as run:
         task = ocr.build_task(args, vocab)
         loaders = ocr.build_data(args, run, vocab, task.warnings)
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_main(args, threshold_typed="score_threshold" in cli.explicit_args(parser, argv))
     if args.export:
         return export_main(args)
-    with start_run(args.device, args.threads, args.num_workers) as run:
+    with start_run(args.device, args.threads) as run:
         task = refdet.build_task(args)
         data = refdet.build_data(args, run, task.warnings)
         task.truth = data.pop("truth")

@@ -103,8 +103,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     add_flag(g, "--num-workers", type=int, default=4,
              help="DataLoader worker processes (an untyped default is capped at the CPUs this process may use)")
     add_flag(g, "--threads", type=_positive_int, default=None,
-             help="PyTorch's CPU threads (default: the CPUs left after --num-workers, shared by the ranks on "
-                  "this machine; PyTorch's own choice when OMP_NUM_THREADS is set)")
+             help="PyTorch's CPU threads (default: this machine's CPUs shared by its ranks; PyTorch's own "
+                  "choice when OMP_NUM_THREADS is set)")
     add_switch(g, "--pin-memory", None, "page-locked host batches, copied to the GPU without blocking (default: on "
                "when the run uses CUDA)")
     add_flag(g, "--train-limit", type=int, default=None,

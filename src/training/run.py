@@ -67,17 +67,21 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_threads(typed: int | None, workers: int, ranks_here: int, cpus: int, env: dict[str, str]) -> int | None:
+def cpu_threads(typed: int | None, ranks_here: int, cpus: int, env: dict[str, str]) -> int | None:
     """PyTorch's intra-op threads for a run: ``typed`` (``--threads``), else None (keep PyTorch's own
-    choice) when ``OMP_NUM_THREADS`` is set, else the CPUs left after the DataLoader workers, shared by
-    the ranks on this machine, at least 1. PyTorch's default (every core, per process) oversubscribes a
-    machine that also runs workers, other ranks or other jobs; on a busy 2-core machine that made a
-    refdet training step 25x slower (12.5 s against 0.49 s with one thread)."""
+    choice) when ``OMP_NUM_THREADS`` is set, else this machine's CPUs shared by its ranks, at least 1.
+
+    PyTorch's default gives every process every core, so N torchrun ranks on one machine ask for N
+    times its cores; on a busy 2-core machine that kind of oversubscription made a refdet training step
+    25x slower (12.5 s against 0.49 s with one thread). DataLoader workers are not subtracted: measured on
+    this project's 2-core machine with nothing else running, a demo epoch took 25 s with 2 threads and
+    34 s with 1 next to one OCR worker, 6.9 s and 10.2 s next to two classification workers (the
+    workers wait on files and cached images more than they compute)."""
     if typed:
         return typed
     if env.get("OMP_NUM_THREADS"):
         return None
-    return max(1, cpus // max(1, ranks_here) - workers)
+    return max(1, cpus // max(1, ranks_here))
 
 
 def _oversubscribed(threads: int, ranks_here: int, cpus: int) -> str | None:
@@ -95,7 +99,7 @@ def _oversubscribed(threads: int, ranks_here: int, cpus: int) -> str | None:
 
 
 @contextmanager
-def start_run(device: str, threads: int | None = None, workers: int = 0) -> Iterator[Run]:
+def start_run(device: str, threads: int | None = None) -> Iterator[Run]:
     """Distributed init (from torchrun's environment; a no-op in one process), device resolution
     (``auto``, ``cpu``, ``cuda``, ``cuda:N``; each rank takes its local GPU), logging to stderr, and
     PyTorch's CPU threads (:func:`cpu_threads`; restored on leaving)."""
@@ -106,7 +110,7 @@ def start_run(device: str, threads: int | None = None, workers: int = 0) -> Iter
         setup_logging(None, dist.is_main)
         ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         cpus = available_cpus()
-        chosen = cpu_threads(threads, workers, ranks_here, cpus, dict(os.environ))
+        chosen = cpu_threads(threads, ranks_here, cpus, dict(os.environ))
         if chosen is not None:
             torch.set_num_threads(chosen)
         warning = _oversubscribed(torch.get_num_threads(), ranks_here, cpus)

@@ -46,14 +46,14 @@ def test_a_missing_gpu_is_one_line_naming_the_flag(capsys):
     assert capsys.readouterr().err == "error: --device: cuda: CUDA is not available on this machine (use cpu)\n"
 
 
-def test_cpu_threads_leave_the_dataloader_workers_their_cores():
+def test_cpu_threads_share_the_cores_among_the_ranks():
     from src.training.run import cpu_threads
 
-    assert cpu_threads(None, workers=2, ranks_here=1, cpus=2, env={}) == 1       # never 0
-    assert cpu_threads(None, workers=2, ranks_here=1, cpus=16, env={}) == 14
-    assert cpu_threads(None, workers=0, ranks_here=4, cpus=16, env={}) == 4      # torchrun: shared by the ranks
-    assert cpu_threads(3, workers=2, ranks_here=1, cpus=2, env={}) == 3          # --threads wins
-    assert cpu_threads(None, workers=0, ranks_here=1, cpus=8, env={"OMP_NUM_THREADS": "5"}) is None
+    assert cpu_threads(None, ranks_here=1, cpus=2, env={}) == 2
+    assert cpu_threads(None, ranks_here=4, cpus=16, env={}) == 4      # torchrun: shared by the ranks
+    assert cpu_threads(None, ranks_here=4, cpus=2, env={}) == 1       # never 0
+    assert cpu_threads(3, ranks_here=1, cpus=2, env={}) == 3          # --threads wins
+    assert cpu_threads(None, ranks_here=1, cpus=8, env={"OMP_NUM_THREADS": "5"}) is None
 
 
 def test_start_run_sets_the_threads_warns_once_when_oversubscribed_and_restores(monkeypatch, capsys):
@@ -65,11 +65,11 @@ def test_start_run_sets_the_threads_warns_once_when_oversubscribed_and_restores(
     monkeypatch.setattr(run_module, "available_cpus", lambda: 2)
     before = torch.get_num_threads()
     monkeypatch.setattr(run_module.os, "getloadavg", lambda: (0.5, 0.5, 0.5))   # an idle machine
-    with run_module.start_run("cpu", None, workers=1):
-        assert torch.get_num_threads() == 1
-    with run_module.start_run("cpu", 2, workers=2):         # the workers' cores are not counted
+    with run_module.start_run("cpu"):
         assert torch.get_num_threads() == 2
-    with run_module.start_run("cpu", 4, workers=0):
+    with run_module.start_run("cpu", 1):
+        assert torch.get_num_threads() == 1
+    with run_module.start_run("cpu", 4):
         assert torch.get_num_threads() == 4
     assert torch.get_num_threads() == before
     busy = [line for line in capsys.readouterr().err.splitlines() if "oversubscribed" in line]
