@@ -87,7 +87,7 @@ def cpu_threads(typed: int | None, ranks_here: int, cpus: int, env: dict[str, st
 def _oversubscribed(threads: int, ranks_here: int, cpus: int) -> str | None:
     """A one-line warning when the threads alone ask for more CPUs than there are, or when other jobs
     keep the machine busy (a load average over twice its CPUs). DataLoader workers are left out: they
-    wait on the disk as much as they compute, and the default threads already leave them their cores."""
+    wait on files as much as they compute (:func:`cpu_threads`)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if threads * ranks_here > cpus:
         return (f"{threads} threads x {ranks_here} rank(s) on {cpus} CPUs: oversubscribed, expect slow steps "
