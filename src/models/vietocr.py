@@ -286,6 +286,17 @@ class LanguageTransformer(nn.Module):
             raise ValueError(f"max_len {max_len} exceeds the positional table ({self.pos_enc.pe.shape[0]})")
         s, n, e = memory.shape
         h = self.nhead
+        cross = self.cross_kv(memory)
+        rows = n * group
+        # the projections' dtype, not memory's: under autocast they are fp16/bf16 while memory is fp32
+        dtype = cross[0][0].dtype if cross else memory.dtype
+        cache = [memory.new_empty(rows, h, max_len, e // h, dtype=dtype) for _ in range(2 * len(cross))]
+        return {"self": cache, "cross": cross, "len": 0, "group": group}
+
+    def cross_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values of ``memory`` (S, N, E): (N, heads, S, d) each."""
+        s, n, e = memory.shape
+        h = self.nhead
         cross = []
         for layer in self.transformer.decoder.layers:
             attn = layer.multihead_attn
@@ -296,11 +307,7 @@ class LanguageTransformer(nn.Module):
             k = F.linear(memory, w_k, b_k).view(s, n, h, e // h).permute(1, 2, 0, 3)  # N, h, S, d
             v = F.linear(memory, w_v, b_v).view(s, n, h, e // h).permute(1, 2, 0, 3)
             cross.append((k, v))
-        rows = n * group
-        # the projections' dtype, not memory's: under autocast they are fp16/bf16 while memory is fp32
-        dtype = cross[0][0].dtype if cross else memory.dtype
-        cache = [memory.new_empty(rows, h, max_len, e // h, dtype=dtype) for _ in range(2 * len(cross))]
-        return {"self": cache, "cross": cross, "len": 0, "group": group}
+        return cross
 
     def select_state(self, state: dict, rows: torch.Tensor, lines: torch.Tensor | None = None) -> dict:
         """Keep/reorder rows (``rows``: indices into the current rows) and, when lines leave the batch,

@@ -58,17 +58,7 @@ class OCREncoder(nn.Module):
         if isinstance(seq, Seq2Seq):
             hidden, outputs = memory
             return hidden, outputs.transpose(0, 1)                               # N, H; N, S, 2H
-        s, n, e = memory.shape
-        h = seq.nhead
-        keys, values = [], []
-        for layer in seq.transformer.decoder.layers:
-            attn = layer.multihead_attn
-            _, w_k, w_v = attn.in_proj_weight.chunk(3)
-            b_k = b_v = None
-            if attn.in_proj_bias is not None:
-                _, b_k, b_v = attn.in_proj_bias.chunk(3)
-            keys.append(F.linear(memory, w_k, b_k).view(s, n, h, e // h).permute(1, 2, 0, 3))   # N, h, S, d
-            values.append(F.linear(memory, w_v, b_v).view(s, n, h, e // h).permute(1, 2, 0, 3))
+        keys, values = zip(*seq.cross_kv(memory))                               # L x (N, h, S, d)
         return torch.stack(keys, 1), torch.stack(values, 1)                      # N, L, h, S, d
 
 

@@ -439,9 +439,11 @@ def _train_figures(history: dict[str, list], best_epoch: int) -> dict[str, Any]:
 def _optimizer_step(model: nn.Module, optimizer, scaler, clip_grad: float | None, guard: StepGuard) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
     # the total norm is both the clipping's and the guard's: not finite = a non-finite gradient somewhere
-    norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad) if clip_grad else nn.utils.get_total_norm(grads)
+    if clip_grad:
+        norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    else:
+        norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     optimizer_step(optimizer, guard.found_inf(norm), scaler)
 
 
