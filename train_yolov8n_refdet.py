@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from src import cli
-from src.tasks import refdet, refdet_args
+from src.tasks import refdet, refdet_args, refdet_data
 from src.tasks.refdet_export import export_main
 from src.tasks.refdet_inference import predict_main
 from src.tasks.refdet_profile import profile
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return export_main(args)
     with start_run(args.device, args.threads) as run:
         task = refdet.build_task(args)
-        data = refdet.build_data(args, run, task.warnings)
+        data = refdet_data.build_data(args, run, task.warnings)
         task.truth = data.pop("truth")
         seed_everything(args.seed)  # model initialisation is part of the run's reproducibility
         model = refdet.build_model(args)

@@ -24,6 +24,12 @@ to 250 times. Written per video::
 stay in ORIGINAL pixels ("width"/"height" stay the video's size); readers scale them by
 ``frame_width / width`` (:func:`frame_scale`). The cap is part of the key, so a cache of another cap
 (or none) is never read as this one: it is redone; give each cap its own ``cache_dir`` to keep both.
+``cap_from``: only videos whose longer side is at least this are capped; smaller ones are stored at
+full size (their index then has no "max_side"); a current full-size cache of the video (extracted
+before, without a cap) is then used as it is rather than decoded again. :func:`resolve_cap` turns the scripts'
+``--frame-cache-max-side`` into the pair: ``auto`` (the default) caps at the model's input size the
+videos at least twice as large (a 1080p video for a 640 px model: 640x360), and leaves smaller ones,
+whose JPEG re-encoding at a smaller size would cost detail the letterbox still keeps, as they are.
 
 The indexes returned by :func:`extract_video` / :func:`ensure_frame_cache` also hold ``"dir"``, the
 folder of that video's JPEGs (not stored: the cache may be moved).
@@ -213,12 +219,35 @@ def _clip_boxes(boxes, width: int, height: int) -> tuple[list[list[float]], bool
     return kept, clipped, dropped
 
 
+def resolve_cap(value: str | int | None, image_size: int) -> tuple[int | None, int | None]:
+    """``(max_side, cap_from)`` of a ``--frame-cache-max-side`` value: ``auto`` -> (image_size,
+    2 * image_size); ``0``/``none``/None -> full size (None, None); a number N -> (N, None).
+    Raises ValueError naming the value otherwise."""
+    text = str(value).strip().lower() if value is not None else "none"
+    if text == "auto":
+        return image_size, 2 * image_size
+    if text in ("0", "none", "full"):
+        return None, None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 32:
+        raise ValueError(f"--frame-cache-max-side: expected auto, 0 (full size) or a side >= 32 px, got {value!r}")
+    return n, None
+
+
 def capped_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     """(width, height) with the longer side scaled down to ``max_side`` (never up; None: unchanged)."""
     if not max_side or max(width, height) <= max_side:
         return width, height
     f = max_side / max(width, height)
     return max(1, round(width * f)), max(1, round(height * f))
+
+
+def _cap(max_side: int | None, cap_from: int | None, frame) -> int | None:
+    """The cap for a video whose frames are ``frame``'s size: none when it is under ``cap_from``."""
+    return max_side if max_side and max(frame.width, frame.height) >= (cap_from or 0) else None
 
 
 def frame_scale(index: dict) -> float:
@@ -258,31 +287,38 @@ def _video_lock(folder: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _current(index_path: str, key: str) -> dict | None:
+def _current(index_path: str, keys: tuple[str, ...]) -> dict | None:
     index = _load_index(index_path)
-    return index if index is not None and index.get("key") == key and index.get("version") == VERSION else None
+    return index if index is not None and index.get("key") in keys and index.get("version") == VERSION else None
 
 
 def extract_video_counted(record: VideoRecord, cache_dir: str, background_frames: int, seed: int, quality: int,
-                          warnings: DataWarnings, max_side: int | None = None) -> tuple[dict | None, int, bool]:
+                          warnings: DataWarnings, max_side: int | None = None,
+                          cap_from: int | None = None) -> tuple[dict | None, int, bool]:
     """(index or None when unreadable, JPEG files written, whether the video was decoded: False when
-    its cache was current)."""
+    its cache was current). ``max_side``, ``cap_from``: see the module docstring."""
     folder = os.path.join(cache_dir, record.video_id)
     index_path = os.path.join(folder, INDEX)
-    key = _cache_key(record, background_frames, seed, quality, max_side)
-    index = _current(index_path, key)
+    # the key says how the frames ARE stored: with cap_from (auto) a video is either capped at max_side
+    # (large) or stored full size (small, or extracted before without a cap: used as it is, read with
+    # reduced decoding, not decoded again)
+    keys = tuple(dict.fromkeys([_cache_key(record, background_frames, seed, quality, max_side)]
+                               + ([_cache_key(record, background_frames, seed, quality)] if cap_from else [])))
+    index = _current(index_path, keys)
     if index is None:
         os.makedirs(folder, exist_ok=True)
         with _video_lock(folder):
-            index = _current(index_path, key)       # another process may have just finished it
+            index = _current(index_path, keys)       # another process may have just finished it
             if index is None:
-                return _extract_locked(record, folder, key, background_frames, seed, quality, warnings, max_side)
+                return _extract_locked(record, folder, background_frames, seed, quality, warnings, max_side,
+                                       cap_from)
     _replay_warnings(index, warnings)
     return {**index, "dir": folder}, 0, False
 
 
-def _extract_locked(record: VideoRecord, folder: str, key: str, background_frames: int, seed: int, quality: int,
-                    warnings: DataWarnings, max_side: int | None = None) -> tuple[dict | None, int, bool]:
+def _extract_locked(record: VideoRecord, folder: str, background_frames: int, seed: int, quality: int,
+                    warnings: DataWarnings, max_side: int | None = None,
+                    cap_from: int | None = None) -> tuple[dict | None, int, bool]:
     """Decode ``record`` into ``folder`` from scratch (the caller holds the folder's lock)."""
     vid = record.video_id
     index_path = os.path.join(folder, INDEX)
@@ -309,7 +345,7 @@ def _extract_locked(record: VideoRecord, folder: str, key: str, background_frame
                 if dropped:
                     skipped["box_outside_frame"].append(i)
                 if kept:
-                    _write(os.path.join(folder, f"{i:06d}.jpg"), _jpeg_bytes(frame, quality, max_side))
+                    _write(os.path.join(folder, f"{i:06d}.jpg"), _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame)))
                     written += 1
                     frames[str(i)] = kept
                 continue
@@ -317,11 +353,11 @@ def _extract_locked(record: VideoRecord, folder: str, key: str, background_frame
                 continue
             seen += 1
             if len(reservoir) < background_frames:
-                reservoir.append((i, _jpeg_bytes(frame, quality, max_side)))
+                reservoir.append((i, _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame))))
             else:
                 j = rng.randrange(seen)
                 if j < background_frames:
-                    reservoir[j] = (i, _jpeg_bytes(frame, quality, max_side))
+                    reservoir[j] = (i, _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame)))
     except BadVideo as exc:
         warnings.add(exc.reason, record.video_path, exc.detail)
         return None, written, True
@@ -336,31 +372,36 @@ def _extract_locked(record: VideoRecord, folder: str, key: str, background_frame
     index = {"video_id": vid, "video_path": record.video_path, "num_frames": reader.num_frames,
              "width": reader.width, "height": reader.height, "fps": reader.fps, "frames": frames,
              "background": sorted(i for i, _ in reservoir), "skipped": skipped, "truncated": reader.error,
-             "key": key, "version": VERSION}
-    if max_side:
-        index["max_side"] = int(max_side)
-        index["frame_width"], index["frame_height"] = capped_size(reader.width, reader.height, max_side)
+             "version": VERSION}
+    cap = _cap(max_side, cap_from, reader)
+    index["key"] = _cache_key(record, background_frames, seed, quality, cap)
+    if cap:
+        index["max_side"] = int(cap)
+        index["frame_width"], index["frame_height"] = capped_size(reader.width, reader.height, cap)
     atomic_json_dump(index, index_path)
     _replay_warnings(index, warnings)
     return {**index, "dir": folder}, written, True
 
 
 def extract_video(record: VideoRecord, cache_dir: str, background_frames: int = 20, seed: int = 0,
-                  quality: int = 90, warnings: DataWarnings | None = None, max_side: int | None = None) -> dict | None:
+                  quality: int = 90, warnings: DataWarnings | None = None, max_side: int | None = None,
+                  cap_from: int | None = None) -> dict | None:
     """Bring ``record``'s frame cache up to date; return its index (the ``index.json`` content), or
     None when the video is unreadable (counted as ``unreadable_video``). ``max_side``: see the module
     docstring."""
     return extract_video_counted(record, cache_dir, background_frames, seed, quality,
-                    warnings if warnings is not None else DataWarnings(), max_side)[0]
+                    warnings if warnings is not None else DataWarnings(), max_side, cap_from)[0]
 
 
 def ensure_frame_cache(records: Sequence[VideoRecord], cache_dir: str, background_frames: int = 20, seed: int = 0,
                        warnings: DataWarnings | None = None, log_progress: bool = True, quality: int = 90,
-                       stats: dict[str, Any] | None = None, max_side: int | None = None) -> dict[str, dict]:
+                       stats: dict[str, Any] | None = None, max_side: int | None = None,
+                       cap_from: int | None = None) -> dict[str, dict]:
     """Extract every video whose cache is missing or stale; return ``{video_id: index}`` of the usable
     ones (unreadable videos are dropped and counted). ``stats``, when given, receives ``videos``,
     ``extracted``, ``cached``, ``failed``, ``frames_written`` and ``seconds``. ``max_side``: store the
-    frames with their longer side capped at it (the module docstring); None keeps full size."""
+    frames with their longer side capped at it (the module docstring); None keeps full size; ``cap_from``:
+    only videos whose longer side is at least this are capped."""
     warnings = warnings if warnings is not None else DataWarnings()
     out: dict[str, dict] = {}
     counts = {"videos": len(records), "extracted": 0, "cached": 0, "failed": 0, "frames_written": 0}
@@ -369,7 +410,7 @@ def ensure_frame_cache(records: Sequence[VideoRecord], cache_dir: str, backgroun
                        leave=False):
         t0 = time.perf_counter()
         index, written, fresh = extract_video_counted(record, cache_dir, background_frames, seed, quality, warnings,
-                                                       max_side)
+                                                       max_side, cap_from)
         counts["frames_written"] += written
         if index is None:
             counts["failed"] += 1

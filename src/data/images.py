@@ -45,7 +45,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str, reduce_to: int | None = None, longer_side: int | None = None) -> Image.Image:
+def load_rgb(path: str, reduce_to: int | None = None, longer_side: int | None = None,
+             fit: bool = False) -> Image.Image:
     """Open ``path`` fully decoded, EXIF-rotated, as an RGB PIL image; raise :class:`BadImage`.
 
     ``reduce_to``: a JPEG at least twice that size on both sides is decoded at 1/2, 1/4 or 1/8 scale
@@ -54,14 +55,29 @@ def load_rgb(path: str, reduce_to: int | None = None, longer_side: int | None = 
 
     ``longer_side``: the same reduced decoding for a consumer that resizes the LONGER side to this
     (a letterbox, or pad-to-square then resize): the decoded longer side is never below it, so a
-    1920x1080 frame for a 640 px letterbox decodes at 960x540 (1/2), a 640x480 photo for 224 at 320x240."""
+    1920x1080 frame for a 640 px letterbox decodes at 960x540 (1/2), a 640x480 photo for 224 at 320x240.
+
+    ``fit`` (with ``longer_side``): such an image (at least twice ``longer_side``) is also resized in PIL
+    until its longer side is exactly ``longer_side`` (:func:`fit_longer_side`), so the consumer's own
+    resize has nothing left to do: PIL's resize of the small decoded image is several times cheaper
+    than a tensor resize of a padded one. Smaller images come back as decoded, untouched."""
     try:
         size = os.path.getsize(path)
     except OSError:
         raise BadImage(path, "missing_file") from None
     if size == 0:
         raise BadImage(path, "empty_file")
-    return _open_rgb(path, path, reduce_to, longer_side)
+    return _open_rgb(path, path, reduce_to, longer_side, fit)
+
+
+def fit_longer_side(img: Image.Image, side: int) -> Image.Image:
+    """``img`` resized (PIL's bilinear, antialiased: a triangle filter as wide as the scale, as
+    torchvision's ``antialias=True``) so that its longer side is ``side``; sides rounded as
+    :func:`letterbox` rounds them."""
+    w, h = img.size
+    f = side / max(w, h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return img if size == img.size else img.resize(size, Image.BILINEAR)
 
 
 def decode_rgb(data: bytes, key: str) -> Image.Image:
@@ -71,7 +87,9 @@ def decode_rgb(data: bytes, key: str) -> Image.Image:
     return _open_rgb(io.BytesIO(data), key)
 
 
-def _open_rgb(source, key: str, reduce_to: int | None = None, longer_side: int | None = None) -> Image.Image:
+def _open_rgb(source, key: str, reduce_to: int | None = None, longer_side: int | None = None,
+              fit: bool = False) -> Image.Image:
+    reduced = False
     try:
         with Image.open(source) as img:
             if reduce_to and min(img.size) >= 2 * reduce_to:
@@ -82,16 +100,17 @@ def _open_rgb(source, key: str, reduce_to: int | None = None, longer_side: int |
                 w, h = img.size
                 f = longer_side / max(w, h)
                 img.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
+                reduced = fit
             img.load()  # decode now: a truncated file fails here, not later in a transform
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            img = _to_rgb(ImageOps.exif_transpose(img))
+            return fit_longer_side(img, longer_side) if reduced else img
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadImage(key, "unreadable_image", str(exc).splitlines()[0] if str(exc) else "") from None
 
 
-def load_rgb_tensor(path: str, longer_side: int | None = None) -> torch.Tensor:
+def load_rgb_tensor(path: str, longer_side: int | None = None, fit: bool = False) -> torch.Tensor:
     """Like :func:`load_rgb` but returns a uint8 tensor (3, H, W)."""
-    img = load_rgb(path, longer_side=longer_side)
+    img = load_rgb(path, longer_side=longer_side, fit=fit)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

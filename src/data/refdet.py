@@ -150,7 +150,8 @@ class RefDetFrames(Dataset):
     A cache stored at a capped size (``ensure_frame_cache(..., max_side=...)``) is read as it is: its
     boxes (original pixels) are scaled to the stored JPEG, and ``scale`` still maps original pixels to
     letterboxed ones. ``fast_decode`` (off by default): a JPEG at least twice ``image_size`` on its
-    longer side is decoded at 1/2, 1/4 or 1/8 scale, never below ``image_size`` (1080p for 640: 960x540).
+    longer side is decoded at 1/2, 1/4 or 1/8 scale, never below ``image_size`` (1080p for 640: 960x540),
+    then resized in PIL to ``image_size`` on its longer side (``load_rgb(fit=True)``), so the letterbox only pads.
     """
 
     def __init__(self, records: list[VideoRecord], indexes: dict[str, dict], image_size: int, support_size: int,
@@ -213,7 +214,7 @@ class RefDetFrames(Dataset):
         key = f"{vid}/{frame}"
         out: dict[str, Any]
         try:
-            img = load_rgb(self.frame_path(i), longer_side=self.decode_longer_side)
+            img = load_rgb(self.frame_path(i), longer_side=self.decode_longer_side, fit=True)
         except BadImage as exc:
             out = {"bad": (key, exc.reason)}
         else:

@@ -39,7 +39,7 @@ def predict_images(model: nn.Module, paths: list[str], image_size: int, class_na
     for path in paths:
         try:
             # decoded as validation decodes it (reduced-size JPEG decoding, src.data.images.load_rgb)
-            x = to_input(base(load_rgb_tensor(path, longer_side=image_size)))[None].to(device)
+            x = to_input(base(load_rgb_tensor(path, longer_side=image_size, fit=True)))[None].to(device)
         except BadImage as exc:
             results.append((path, exc.reason))
             continue

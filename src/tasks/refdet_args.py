@@ -10,7 +10,7 @@ import os
 from typing import Sequence
 
 from src import cli
-from src.data.frames import CACHE_SEED
+from src.data.frames import CACHE_SEED, resolve_cap
 
 # --stage presets (defaults only: flags typed on the command line win). The seed trained in three
 # stages; its stage-3 "resume" from stage 2 trained zero epochs, here stage 3 starts a new run from
@@ -57,6 +57,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     cli.add_flag(d, "--split-file", default=None, help="'video_id train|valid' lines (overrides --valid-videos)")
     cli.add_flag(d, "--frame-cache", default=None, metavar="DIR",
                  help="extracted-frame cache (default ROOT/frame_cache); built on first use")
+    cli.add_flag(d, "--frame-cache-max-side", default="auto", metavar="auto|0|N",
+                 help="store cached frames with their longer side capped: auto caps videos at least twice "
+                      "--image-size at --image-size (1080p for 640: 640x360 JPEGs, ~5x faster to read); 0 keeps "
+                      "full size; N caps every video at N px (the extract_frames tool takes the same flag)")
+    cli.add_switch(d, "--fast-decode", True,
+                   help="decode cached frames at least twice --image-size at 1/2..1/8 scale (PIL draft)")
     cli.add_flag(d, "--frame-cache-seed", type=int, default=CACHE_SEED,
                  help="seed of the cached background frames' choice (the extract_frames tool's default too, so a "
                       "cache extracted beforehand is used whatever --seed training runs with)")
@@ -161,6 +167,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
                      "the model's); give one")
     if args.image_size % 32:
         parser.error(f"--image-size must be a multiple of 32 (the detector's largest stride), got {args.image_size}")
+    try:
+        resolve_cap(args.frame_cache_max_side, args.image_size)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.demo:     # --demo replaces a recipe's data paths
         args = cli.with_values(args, data_root=args.demo_dir, annotations=None, test_data_root=None,
                                split_file=args.split_file or os.path.join(args.demo_dir, "splits.txt"))

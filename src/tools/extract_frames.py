@@ -3,7 +3,7 @@
     python -m src.tools.extract_frames --data-root datasets/train [--cache-dir datasets/train/frame_cache]
 
 Run it before training to pay the decoding once: a training run with the same ``--background-frames``
-finds every video up to date: the background frames' seed is :data:`src.data.frames.CACHE_SEED` on both
+(and ``--frame-cache-max-side`` / ``--image-size``) finds every video up to date: the background frames' seed is :data:`src.data.frames.CACHE_SEED` on both
 sides (``--frame-cache-seed``), whatever ``--seed`` training runs with.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from src import cli
 from src.data.aeroeyes import ANNOTATIONS, read_aeroeyes, resolve_root
-from src.data.frames import CACHE_SEED, describe_index, extract_video_counted
+from src.data.frames import CACHE_SEED, describe_index, extract_video_counted, resolve_cap
 from src.data.loading import DataWarnings
 
 
@@ -35,11 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
                    default=CACHE_SEED, help="seed of the background frames' choice (training's --frame-cache-seed, "
                                             "same default: change both or neither)")
     cli.add_flag(p, "--quality", type=int, default=90, help="JPEG quality of cached frames")
+    cli.add_flag(p, "--frame-cache-max-side", default="auto", metavar="auto|0|N",
+                 help="cap the cached frames' longer side (training's flag, same default: auto caps videos at least "
+                      "twice --image-size at --image-size; 0 keeps full size)")
+    cli.add_flag(p, "--image-size", type=int, default=640, help="the training run's --image-size (for auto)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        max_side, cap_from = resolve_cap(args.frame_cache_max_side, args.image_size)
+    except ValueError as exc:
+        parser.error(str(exc))
     dataset_root, _ = resolve_root(args.data_root)
     cache_dir = args.cache_dir or os.path.join(dataset_root, "frame_cache")
     ann = args.annotations or os.path.join(dataset_root, ANNOTATIONS)
@@ -50,8 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     written_total, extracted, failed = 0, 0, 0
     for record in records:
         t0 = time.perf_counter()
-        index, written, fresh = extract_video_counted(record, cache_dir, args.background_frames, args.frame_cache_seed, args.quality,
-                                         warnings)
+        index, written, fresh = extract_video_counted(record, cache_dir, args.background_frames, args.frame_cache_seed,
+                                                      args.quality, warnings, max_side, cap_from)
         written_total += written
         if index is None:
             failed += 1

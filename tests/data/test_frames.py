@@ -4,6 +4,7 @@ its video, bad input (frames past the end, boxes outside, unreadable videos) is 
 seek-per-frame reader returns the same pixels."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -191,3 +192,34 @@ def test_capped_cache_stores_smaller_frames_under_its_own_key(records, tmp_path)
 def test_capped_size():
     assert X.capped_size(1920, 1080, 640) == (640, 360) and X.capped_size(1080, 1920, 640) == (360, 640)
     assert X.capped_size(320, 200, 640) == (320, 200) and X.capped_size(1920, 1080, None) == (1920, 1080)
+
+
+def test_auto_cap_caps_only_videos_twice_the_input_and_keeps_a_full_size_cache(records, tmp_path):
+    """--frame-cache-max-side auto: a video at least twice the model's input is stored capped at the input;
+    a smaller one full size under the plain full-size key (so a cache extracted without a cap, or by the
+    tool at another --image-size, is the same cache); a full-size cache already there is used, not redone."""
+    rec, warnings = records[0], DataWarnings()                                   # 128x96 videos
+    full = X.extract_video(rec, str(tmp_path / "a"), background_frames=2, seed=0)
+    small, _, fresh = X.extract_video_counted(rec, str(tmp_path / "b"), 2, 0, 90, warnings, *X.resolve_cap("auto", 96))
+    assert fresh and small["key"] == full["key"] and "max_side" not in small          # 128 < 2 * 96: full size
+    capped, _, fresh = X.extract_video_counted(rec, str(tmp_path / "c"), 2, 0, 90, warnings, *X.resolve_cap("auto", 64))
+    assert fresh and capped["max_side"] == 64 and (capped["frame_width"], capped["frame_height"]) == (64, 48)
+    explicit = X.extract_video(rec, str(tmp_path / "d"), background_frames=2, seed=0, max_side=64)
+    assert explicit["key"] == capped["key"]                            # the same stored pixels, the same key
+    kept, written, fresh = X.extract_video_counted(rec, str(tmp_path / "a"), 2, 0, 90, warnings,
+                                                   *X.resolve_cap("auto", 64))
+    assert not fresh and written == 0 and kept["key"] == full["key"]   # the full-size cache, not decoded again
+    again, _, fresh = X.extract_video_counted(rec, str(tmp_path / "c"), 2, 0, 90, warnings, *X.resolve_cap("auto", 64))
+    assert not fresh and again["key"] == capped["key"]
+
+
+@pytest.mark.parametrize("value,expected", [("auto", (640, 1280)), ("0", (None, None)), ("none", (None, None)),
+                                            (None, (None, None)), ("512", (512, None)), (320, (320, None))])
+def test_resolve_cap(value, expected):
+    assert X.resolve_cap(value, 640) == expected
+
+
+@pytest.mark.parametrize("value", ["big", "16", "-5", "1.5"])
+def test_resolve_cap_rejects_nonsense_naming_the_flag(value):
+    with pytest.raises(ValueError, match="--frame-cache-max-side.*" + re.escape(repr(value))):
+        X.resolve_cap(value, 640)

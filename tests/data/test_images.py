@@ -60,6 +60,19 @@ def test_longer_side_decodes_jpegs_smaller_never_below_the_target(tmp_path, w, h
     assert load_rgb(str(tmp_path / "x.jpg")).size == (w, h)                    # off by default
 
 
+@pytest.mark.parametrize("w,h,side,fitted", [
+    (640, 480, 224, (224, 168)), (1920, 1080, 640, (640, 360)), (300, 1000, 100, (30, 100)),
+    (447, 300, 224, (447, 300)), (128, 96, 64, (64, 48))])
+def test_fit_resizes_a_reduced_image_to_the_longer_side_and_leaves_others(tmp_path, w, h, side, fitted):
+    """fit: an image big enough for reduced decoding arrives with its longer side exactly ``side``; one
+    under twice ``side`` (447x300 for 224) comes back as decoded, pixel for pixel."""
+    path = _jpeg(tmp_path / "x.jpg", w, h)
+    img = load_rgb(path, longer_side=side, fit=True)
+    assert img.size == fitted and img.mode == "RGB"
+    if max(w, h) < 2 * side:
+        assert np.array_equal(np.asarray(img), np.asarray(load_rgb(path)))
+
+
 def test_longer_side_leaves_other_formats_alone(tmp_path):
     Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(tmp_path / "x.png")
     assert load_rgb(str(tmp_path / "x.png"), longer_side=64).size == (640, 480)
@@ -77,7 +90,8 @@ def test_reduced_decoding_gives_the_same_224_input_within_jpeg_tolerance(tmp_pat
         path = str(tmp_path / f"{k}.jpg")
         render_leaf_image(rng, cls, 640).crop((0, 80, 640, 560)).save(path, quality=90)
         full = base(load_rgb_tensor(path)).int()
-        fast = base(load_rgb_tensor(path, longer_side=224)).int()
-        assert fast.shape == full.shape == (3, 224, 224)
-        diff = (full - fast).abs()
-        assert diff.float().mean() < 2 and diff.max() < 40
+        for fit in (False, True):     # fit: resized in PIL to 224x168, then only padded
+            fast = base(load_rgb_tensor(path, longer_side=224, fit=fit)).int()
+            assert fast.shape == full.shape == (3, 224, 224)
+            diff = (full - fast).abs()
+            assert diff.float().mean() < 2 and diff.max() < 40

@@ -238,6 +238,17 @@ def test_profile_episodes_that_disagree_or_are_not_positive_are_refused(argv, ca
     assert info.value.code == 2 and "--profile" in capsys.readouterr().err
 
 
+def test_frame_cache_cap_and_reduced_decoding_flags(capsys):
+    args = _parse([])
+    assert (args.frame_cache_max_side, args.fast_decode) == ("auto", True)
+    args = _parse(["--frame-cache-max-side", "0", "--no-fast-decode"])
+    assert (args.frame_cache_max_side, args.fast_decode) == ("0", False)
+    with pytest.raises(SystemExit) as info:
+        _parse(["--frame-cache-max-side", "16"])
+    assert info.value.code == 2 and "--frame-cache-max-side: expected auto, 0 (full size) or a side >= 32 px, got '16'" \
+        in capsys.readouterr().err
+
+
 def test_only_seed_flags_that_do_nothing_get_a_notice(capsys):
     _parse(["--num-aug", "2", "--support-cache-size-mb", "400", "--stage", "2", "--profile-episodes", "3"])
     assert capsys.readouterr().err == ""
