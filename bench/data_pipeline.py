@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.timing import alternating_rounds, checked_ratio, command_line, device_name, median, spread
+from bench.timing import alternating_rounds, checked_ratio, command_line, device_name, emit, median, spread
 from src.data.aeroeyes import read_aeroeyes
 from src.data.classification import ClassificationDataset
 from src.data.demo_classification import CLASSES, render_leaf_image
@@ -247,8 +246,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     module = __spec__.name if __spec__ else "bench.data_pipeline"
-    # called with argv (a test), sys.argv is someone else's command line
-    command = command_line(module) if argv is None else f"`{shlex.join(['python', '-m', module, *argv])}`"
+    command = command_line(module, argv)
     with tempfile.TemporaryDirectory(prefix="data_pipeline_") as folder:
         t0 = time.perf_counter()
         cls_text, _ = classification_section(folder, args)
@@ -266,10 +264,7 @@ def main(argv=None) -> int:
         lines.append(f"| OCR LMDB build, {args.ocr_lines} demo lines | {ocr['seconds']:.2f} | {ocr['mb']:.1f} MiB | "
                      f"{ocr['peak_rss_mb']:.0f} MiB ({ocr['rss_before_mb']:.0f} MiB after imports) |")
     text = "\n".join(lines) + "\n"
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

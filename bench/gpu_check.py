@@ -54,7 +54,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.timing import command_line, device_name
+from bench.timing import command_line, device_name, emit
 from src.data.grounding import collate_grounding, encode_words
 from src.data.ocr import IMAGE_HEIGHT, VIETOCR_VOCAB, Vocab, collate_lines
 from src.data.refdet import K_SUPPORT, collate_episode
@@ -462,10 +462,7 @@ def main(argv=None) -> int:
             print(f"{name} {mode}: {cell.seconds:.1f} s" + (f" ({'; '.join(cell.errors)})" if cell.errors else ""),
                   file=sys.stderr, flush=True)
     text = table(cells, args, device, per_model, time.perf_counter() - start)
-    print(text)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    emit(text, args.out)
     failed = [c for c in cells if c.mode == "fp32" and c.errors and not c.errors[0].startswith("skipped")]
     return 1 if failed else 0
 

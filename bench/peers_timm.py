@@ -72,7 +72,7 @@ from contextlib import suppress
 
 import torch
 
-from bench.timing import alternating_rounds, checked_ratio, command_line, spread, spread_fraction
+from bench.timing import alternating_rounds, checked_ratio, command_line, emit, spread, spread_fraction
 
 TRAIN_PY_COMMIT = "2aabaef039d918d453b58714ab84562609981112"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -594,15 +594,12 @@ def main(argv=None) -> int:
         return ours_train(argv[1:])
     s = parse_args(argv)
     module = __spec__.name if __spec__ else "bench.peers_timm"
-    command = command_line(module) if argv == sys.argv[1:] else f"`{shlex.join(['python', '-m', module, *argv])}`"
+    command = command_line(module, argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="peers_timm_") as folder:
         result = compare(folder, s)
     text = report(result, command, time.perf_counter() - t0)
-    print(text, flush=True)
-    if s.out:
-        with open(s.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    emit(text, s.out)
     if s.json:
         with open(s.json, "w", encoding="utf-8") as f:
             json.dump({k: v for k, v in result.items() if k != "rows"} | {"rows": result["rows"]}, f, indent=1)

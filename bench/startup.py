@@ -40,7 +40,6 @@ import argparse
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import av
 import torch
 from PIL import Image
 
-from bench.timing import command_line, device_name
+from bench.timing import command_line, device_name, emit
 from src.data.aeroeyes import VideoRecord, read_aeroeyes
 from src.data.demo_ocr import ensure_demo_ocr
 from src.data.demo_ovd import ensure_demo_ovd
@@ -325,8 +324,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     module = __spec__.name if __spec__ else "bench.startup"
-    # called with argv (a test), sys.argv is someone else's command line
-    command = command_line(module) if argv is None else f"`{shlex.join(['python', '-m', module, *argv])}`"
+    command = command_line(module, argv)
     ctx = multiprocessing.get_context("forkserver")
     # the server imports the project's modules once; every child forked from it starts from there
     ctx.set_forkserver_preload(CHILD_IMPORTS)
@@ -342,10 +340,7 @@ def main(argv=None) -> int:
              f"cold = the inputs dropped from the OS page cache first; cached / warm = a new child right after.\n",
              *sections]
     text = "\n".join(lines)
-    print(text, flush=True)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

@@ -131,14 +131,23 @@ def verdict(value: float, target: float, caveat: str | None = None) -> str:
 
 # ----------------------------------------------------------------------------- provenance
 
-def command_line(module: str) -> str:
+def command_line(module: str, argv: list[str] | None = None) -> str:
     """The command that ran this benchmark, to print next to its figures: ``python -m <module>`` and
-    the arguments, plus ``(OMP_NUM_THREADS=N)`` when that variable is set. ``module`` is the script's
-    ``__spec__.name`` (``sys.argv[0]`` under ``python -m`` is the file's full path)."""
-    text = f"`{shlex.join(['python', '-m', module, *sys.argv[1:]])}`"
+    the arguments (``argv``, by default ``sys.argv[1:]``: a test calling ``main(argv)`` passes its own,
+    sys.argv being pytest's), plus ``(OMP_NUM_THREADS=N)`` when that variable is set. ``module`` is the
+    script's ``__spec__.name`` (``sys.argv[0]`` under ``python -m`` is the file's full path)."""
+    text = f"`{shlex.join(['python', '-m', module, *(sys.argv[1:] if argv is None else argv)])}`"
     if "OMP_NUM_THREADS" in os.environ:
         text += f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
     return text
+
+
+def emit(text: str, out: str | None) -> None:
+    """Print a benchmark's report and, with ``out`` (its ``--out``), also write it to that file."""
+    print(text, flush=True)
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def device_name(device: torch.device) -> str:

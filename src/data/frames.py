@@ -302,8 +302,9 @@ def extract_video_counted(record: VideoRecord, cache_dir: str, background_frames
     # the key says how the frames ARE stored: with cap_from (auto) a video is either capped at max_side
     # (large) or stored full size (small, or extracted before without a cap: used as it is, read with
     # reduced decoding, not decoded again)
-    keys = tuple(dict.fromkeys([_cache_key(record, background_frames, seed, quality, max_side)]
-                               + ([_cache_key(record, background_frames, seed, quality)] if cap_from else [])))
+    keys = (_cache_key(record, background_frames, seed, quality, max_side),)
+    if cap_from:
+        keys += (_cache_key(record, background_frames, seed, quality),)
     index = _current(index_path, keys)
     if index is None:
         os.makedirs(folder, exist_ok=True)
@@ -335,8 +336,11 @@ def _extract_locked(record: VideoRecord, folder: str, background_frames: int, se
     skipped: dict[str, list[int]] = {"frame_past_end": [], "box_outside_frame": [], "box_clipped": []}
     reservoir: list[tuple[int, bytes]] = []
     seen = written = 0
+    cap = None
     try:
         for i, frame in reader.frames():
+            if i == 0:   # one size per video: its cap is known from the first frame
+                cap = _cap(max_side, cap_from, frame)
             if i in record.boxes:
                 # an annotated frame whose boxes are all dropped is neither target nor background
                 kept, clipped, dropped = _clip_boxes(record.boxes[i], frame.width, frame.height)
@@ -345,7 +349,7 @@ def _extract_locked(record: VideoRecord, folder: str, background_frames: int, se
                 if dropped:
                     skipped["box_outside_frame"].append(i)
                 if kept:
-                    _write(os.path.join(folder, f"{i:06d}.jpg"), _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame)))
+                    _write(os.path.join(folder, f"{i:06d}.jpg"), _jpeg_bytes(frame, quality, cap))
                     written += 1
                     frames[str(i)] = kept
                 continue
@@ -353,11 +357,11 @@ def _extract_locked(record: VideoRecord, folder: str, background_frames: int, se
                 continue
             seen += 1
             if len(reservoir) < background_frames:
-                reservoir.append((i, _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame))))
+                reservoir.append((i, _jpeg_bytes(frame, quality, cap)))
             else:
                 j = rng.randrange(seen)
                 if j < background_frames:
-                    reservoir[j] = (i, _jpeg_bytes(frame, quality, _cap(max_side, cap_from, frame)))
+                    reservoir[j] = (i, _jpeg_bytes(frame, quality, cap))
     except BadVideo as exc:
         warnings.add(exc.reason, record.video_path, exc.detail)
         return None, written, True
@@ -373,7 +377,6 @@ def _extract_locked(record: VideoRecord, folder: str, background_frames: int, se
              "width": reader.width, "height": reader.height, "fps": reader.fps, "frames": frames,
              "background": sorted(i for i, _ in reservoir), "skipped": skipped, "truncated": reader.error,
              "version": VERSION}
-    cap = _cap(max_side, cap_from, reader)
     index["key"] = _cache_key(record, background_frames, seed, quality, cap)
     if cap:
         index["max_side"] = int(cap)
